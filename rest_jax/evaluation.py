@@ -1,0 +1,251 @@
+"""Evaluation metrics for ReST-EM: pass@k, maj@k and per-iteration summaries.
+
+Everything here works on plain Python lists of rewards and extracted answers so
+that the EM loop, notebooks and reports can call it without JAX.
+
+Conventions:
+  * A sample is "correct" when its reward is >= `threshold` (binary rewards use
+    the default 1.0).
+  * Answers are compared to references by exact string equality; normalising
+    answers (stripping units, canonicalising numbers) is the task's job when it
+    extracts them. An answer of None means extraction failed and never votes.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+  """Unbiased pass@k estimate from `n` samples of which `c` are correct.
+
+  Chen et al. 2021, eq. 1: 1 - C(n - c, k) / C(n, k), the probability that a
+  uniformly random k-subset of the n samples holds at least one correct one.
+
+  Args:
+    n: number of samples drawn for the problem.
+    c: number of correct samples, 0 <= c <= n.
+    k: subset size, 1 <= k <= n.
+
+  Returns:
+    The estimate, a float in [0, 1].
+  """
+  if n < 1:
+    raise ValueError(f"pass_at_k: n must be >= 1, got n={n}")
+  if not 0 <= c <= n:
+    raise ValueError(f"pass_at_k: c must be in [0, n={n}], got c={c}")
+  if not 1 <= k <= n:
+    raise ValueError(f"pass_at_k: k must be in [1, n={n}], got k={k}")
+  if n - c < k:
+    # Every k-subset must contain a correct sample.
+    return 1.0
+  # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i); the product form never
+  # builds the huge binomials, which overflow floats for n in the hundreds.
+  i = np.arange(n - c + 1, n + 1, dtype=np.float64)
+  return float(1.0 - np.prod(1.0 - k / i))
+
+
+def mean_pass_at_k(num_correct: Sequence[int], n: int, k: int) -> float:
+  """Mean pass@k over problems that each drew `n` samples.
+
+  Args:
+    num_correct: number of correct samples for each problem.
+    n: samples drawn per problem.
+    k: subset size, 1 <= k <= n.
+
+  Returns:
+    The average of `pass_at_k(n, c, k)` over `num_correct`.
+  """
+  if not num_correct:
+    raise ValueError("mean_pass_at_k: num_correct is empty")
+  return float(np.mean([pass_at_k(n, c, k) for c in num_correct]))
+
+
+def majority_vote(answers: Sequence[str | None]) -> str | None:
+  """Most frequent non-None answer; ties go to the answer seen first.
+
+  Args:
+    answers: extracted answers, None where extraction failed.
+
+  Returns:
+    The winning answer, or None when every answer is None (or there are none).
+  """
+  counts = collections.Counter(a for a in answers if a is not None)
+  if not counts:
+    return None
+  # Counter keeps insertion order, and max() returns the first maximal item,
+  # so the tie-break is first occurrence.
+  return max(counts, key=counts.__getitem__)
+
+
+def maj_at_k(
+    answers: Sequence[Sequence[str | None]],
+    references: Sequence[str],
+    k: int,
+) -> float:
+  """maj@k: accuracy of a majority vote over k samples.
+
+  Each problem's n samples are cut into floor(n / k) disjoint consecutive
+  groups of k (a remainder is unused); each group votes, and a vote scores 1
+  when it equals the reference. Scores are averaged over a problem's groups,
+  then over problems, so problems weigh equally whatever their n.
+
+  Args:
+    answers: per problem, the extracted answers of its samples in sampling
+      order.
+    references: per problem, the reference answer.
+    k: group size, 1 <= k <= n for every problem.
+
+  Returns:
+    The mean score in [0, 1].
+  """
+  if len(answers) != len(references):
+    raise ValueError(
+        f"maj_at_k: answers has {len(answers)} problems but references has"
+        f" {len(references)}"
+    )
+  if not answers:
+    raise ValueError("maj_at_k: answers is empty")
+  if k < 1:
+    raise ValueError(f"maj_at_k: k must be >= 1, got k={k}")
+  per_problem = []
+  for index, (sample_answers, reference) in enumerate(
+      zip(answers, references)
+  ):
+    n = len(sample_answers)
+    if n < k:
+      raise ValueError(
+          f"maj_at_k: problem {index} has n={n} samples, fewer than k={k}"
+      )
+    groups = [sample_answers[g * k:(g + 1) * k] for g in range(n // k)]
+    per_problem.append(
+        np.mean([majority_vote(group) == reference for group in groups])
+    )
+  return float(np.mean(per_problem))
+
+
+def summarize(
+    *,
+    greedy_rewards: Sequence[float],
+    sample_rewards: Sequence[Sequence[float]],
+    sample_answers: Sequence[Sequence[str | None]],
+    references: Sequence[str],
+    ks: Sequence[int] = (),
+    threshold: float = 1.0,
+) -> dict[str, float | int]:
+  """Evaluation metrics of one model on a set of problems.
+
+  All sequences are indexed by problem and must have the same length. Problem
+  i has `len(sample_rewards[i])` samples (this may differ across problems),
+  with `sample_answers[i]` holding their extracted answers in the same order.
+
+  Args:
+    greedy_rewards: reward of the greedy (temperature 0) completion.
+    sample_rewards: rewards of the sampled completions.
+    sample_answers: extracted answers of the sampled completions, None where
+      extraction failed.
+    references: reference answers, compared to votes for maj@K.
+    ks: the K values to report pass@K and maj@K for; each must be <= the
+      sample count of every problem.
+    threshold: a reward >= threshold counts as correct.
+
+  Returns:
+    A flat dict:
+      "pass@1": fraction of problems whose greedy completion is correct.
+      "pass@K": for each K in ks other than 1, the unbiased estimate from the
+        samples. The sampled pass@1 estimate equals "sample_accuracy", so
+        K == 1 never overwrites the greedy "pass@1".
+      "maj@K": for each K in ks, see `maj_at_k`.
+      "sample_accuracy": mean over problems of the fraction of correct samples.
+      "num_problems": number of problems (int).
+  """
+  num_problems = len(greedy_rewards)
+  for name, field in (
+      ("sample_rewards", sample_rewards),
+      ("sample_answers", sample_answers),
+      ("references", references),
+  ):
+    if len(field) != num_problems:
+      raise ValueError(
+          f"summarize: {name} has {len(field)} problems but greedy_rewards has"
+          f" {num_problems}"
+      )
+  if num_problems == 0:
+    raise ValueError("summarize: no problems given")
+  for index, (rewards, problem_answers) in enumerate(
+      zip(sample_rewards, sample_answers)
+  ):
+    if not rewards:
+      raise ValueError(f"summarize: problem {index} has no samples")
+    if len(rewards) != len(problem_answers):
+      raise ValueError(
+          f"summarize: problem {index} has {len(rewards)} sample_rewards but"
+          f" {len(problem_answers)} sample_answers"
+      )
+
+  num_samples = [len(rewards) for rewards in sample_rewards]
+  num_correct = [
+      sum(r >= threshold for r in rewards) for rewards in sample_rewards
+  ]
+  metrics: dict[str, float | int] = {
+      "pass@1": float(np.mean([r >= threshold for r in greedy_rewards])),
+  }
+  for k in ks:
+    if k < 1 or k > min(num_samples):
+      raise ValueError(
+          f"summarize: ks entry {k} must be in [1, {min(num_samples)}], the"
+          " smallest per-problem sample count"
+      )
+    if k != 1:
+      metrics[f"pass@{k}"] = float(np.mean(
+          [pass_at_k(n, c, k) for n, c in zip(num_samples, num_correct)]
+      ))
+    metrics[f"maj@{k}"] = maj_at_k(sample_answers, references, k)
+  metrics["sample_accuracy"] = float(
+      np.mean([c / n for n, c in zip(num_samples, num_correct)])
+  )
+  metrics["num_problems"] = num_problems
+  return metrics
+
+
+def difficulty_bins(
+    solve_rates: Sequence[float],
+    edges: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+) -> dict[str, int]:
+  """Counts problems per bin of per-problem sample solve rate.
+
+  Bins are half-open, [lo, hi), except the last, which is closed so that a
+  solve rate of exactly edges[-1] is counted.
+
+  Args:
+    solve_rates: per problem, the fraction of its samples that are correct.
+    edges: strictly increasing bin edges, at least two.
+
+  Returns:
+    An ordered dict from a label such as "[0.2, 0.4)" to a count; every bin is
+    present, empty ones with 0.
+  """
+  if len(edges) < 2:
+    raise ValueError(f"difficulty_bins: need at least two edges, got {edges}")
+  if any(lo >= hi for lo, hi in zip(edges[:-1], edges[1:])):
+    raise ValueError(
+        f"difficulty_bins: edges must be strictly increasing, got {edges}"
+    )
+  labels = [f"[{lo:g}, {hi:g})" for lo, hi in zip(edges[:-2], edges[1:-1])]
+  labels.append(f"[{edges[-2]:g}, {edges[-1]:g}]")
+  counts = dict.fromkeys(labels, 0)
+  for rate in solve_rates:
+    # Written so that NaN fails the check too.
+    if not edges[0] <= rate <= edges[-1]:
+      raise ValueError(
+          f"difficulty_bins: solve rate {rate} is outside [{edges[0]},"
+          f" {edges[-1]}]"
+      )
+    # Number of inner edges <= rate is the bin index; the closed last bin
+    # falls out because edges[-1] is not among the inner edges.
+    bin_index = sum(edge <= rate for edge in edges[1:-1])
+    counts[labels[bin_index]] += 1
+  return counts

@@ -1,0 +1,111 @@
+"""Every partitioning decision of rest_jax: the mesh and one table of logical axis rules.
+
+Parameters and activations name their axes logically ("embed", "heads", ...); `RULES` maps those names onto the
+three mesh axes:
+  data:   batch parallelism (prompts and training sequences are split over it),
+  fsdp:   batch parallelism that also shards the parameters and optimizer state (ZeRO-3 style),
+  tensor: Megatron-style model parallelism inside each layer (heads, MLP hidden units, vocabulary).
+"""
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis name -> mesh axes. Parameter axes first, then activation and cache axes.
+RULES: tuple[tuple[str, Any], ...] = (
+    # Parameters.
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+    # Activations: the model dimension of activations is never sharded, fsdp gathers the weights instead.
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_vocab", "tensor"),
+    ("cache_length", None),
+)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh over `devices` (all by default); one size may be -1 to take the rest."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = [data, fsdp, tensor]
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh: at most one of data/fsdp/tensor may be -1, got {shape}")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if any(s == 0 or s < -1 for s in shape) or len(devices) % known:
+    raise ValueError(f"mesh: data x fsdp x tensor = {shape} does not divide the {len(devices)} devices")
+  shape = [len(devices) // known if s == -1 else s for s in shape]
+  if int(np.prod(shape)) != len(devices):
+    raise ValueError(f"mesh: data x fsdp x tensor = {shape} must use all {len(devices)} devices")
+  # Auto axes: XLA propagates shardings from the constraints below (JAX 0.10 defaults to explicit axes).
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh) -> Iterator[None]:
+  """Activates `mesh` and the logical rules, so the model's activation constraints take effect under jit."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    yield
+
+
+def logical_sharding(logical_specs: Any, mesh: Mesh) -> Any:
+  """Maps a pytree of logical PartitionSpecs to NamedShardings on `mesh`."""
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, RULES)
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Shards the leading (batch) axis of an `ndim`-array over data x fsdp; the rest is replicated."""
+  return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_divisor(mesh: Mesh) -> int:
+  """Batch sizes must be multiples of this: the number of batch shards."""
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def shard_batch(tree: Any, mesh: Mesh) -> Any:
+  """Places host arrays on the mesh, batch axis split over data x fsdp."""
+  return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x))), tree)
+
+
+def _abstract_init(cfg):
+  from rest_jax.model import transformer  # pylint: disable=g-import-not-at-top
+
+  model = transformer.Transformer(cfg)
+  tokens_BxT = jax.numpy.zeros((1, 1), np.int32)
+  mask_BxTxS = jax.numpy.ones((1, 1, 1), np.bool_)
+  return model, lambda rng: model.init(rng, tokens_BxT, tokens_BxT, mask_BxTxS)["params"]
+
+
+def param_shardings(cfg: Any, mesh: Mesh) -> Any:
+  """NamedShardings of the model's parameters, from the logical axes each parameter declares."""
+  _, init = _abstract_init(cfg)
+  boxed = jax.eval_shape(init, jax.random.key(0))
+  return logical_sharding(nn.get_partition_spec(boxed), mesh)
+
+
+def init_params(cfg: Any, mesh: Mesh, rng: jax.Array) -> Any:
+  """Initialises parameters directly in their shards: shapes first, then a jitted init with out_shardings."""
+  _, init = _abstract_init(cfg)
+  shardings = param_shardings(cfg, mesh)
+  with use_mesh(mesh):
+    return jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)

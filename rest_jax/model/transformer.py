@@ -1,0 +1,270 @@
+"""A decoder-only transformer in flax.linen: params in, logits and the updated KV cache out.
+
+It covers the features of the Llama / Qwen / Gemma / Mistral families: RMSNorm (optionally Gemma's `1 + scale`),
+rotary embeddings, gated MLP (SwiGLU or GeGLU), grouped-query attention, optional tied and scaled embeddings,
+attention biases, soft-capping and sliding-window attention, configurable head dim, and bfloat16 compute on float32
+parameters.
+
+Shape letters:
+  B: batch             T: tokens in this call        S: key/value slots (cache length, or T without a cache)
+  D: model dimension   N: query heads   K: key/value heads   G: query heads per kv head (N // K)
+  H: head dimension    F: MLP hidden    V: vocabulary        L: layers
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Cache = list[dict[str, jax.Array]]  # One {"k": BxSxKxH, "v": BxSxKxH} per layer.
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture hyperparameters. Frozen and hashable: it is a static argument of jitted functions."""
+
+  vocab_size: int
+  num_layers: int
+  embed_dim: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  activation: str = "silu"  # "silu" (SwiGLU) or "gelu" (GeGLU, tanh approximation as in Gemma).
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  norm_plus_one: bool = False  # Gemma: RMSNorm multiplies by (1 + scale).
+  tied_embeddings: bool = True
+  scale_embeddings: bool = False  # Gemma: embeddings times sqrt(embed_dim).
+  qkv_bias: bool = False  # Qwen2.
+  attn_logits_softcap: float | None = None  # Gemma 2.
+  final_logits_softcap: float | None = None  # Gemma 2.
+  sliding_window: int | None = None  # Mistral / Gemma 2 local attention.
+  sliding_window_layers: tuple[int, ...] | None = None  # Layers that use the window; None = all when set.
+  query_scale: float | None = None  # Defaults to head_dim ** -0.5.
+  dtype: str = "float32"  # Compute dtype, e.g. "bfloat16".
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    for name in ("vocab_size", "num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"ModelConfig.num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+    if self.activation not in ("silu", "gelu"):
+      raise ValueError(f"ModelConfig.activation must be 'silu' or 'gelu', got {self.activation!r}")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"ModelConfig.{name} must be float32, bfloat16 or float16, got {getattr(self, name)!r}")
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"ModelConfig: unknown fields {unknown}")
+    d = dict(d)
+    if d.get("sliding_window_layers") is not None:
+      d["sliding_window_layers"] = tuple(d["sliding_window_layers"])
+    return cls(**d)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def uses_window(self, layer: int) -> bool:
+    if self.sliding_window is None:
+      return False
+    return self.sliding_window_layers is None or layer in self.sliding_window_layers
+
+
+class Dense(nn.Module):
+  """y = x . kernel over the last `len(in_axes)` dims of x; the kernel is created in its final shape.
+
+  (flax's DenseGeneral creates a flat kernel and reshapes it, which breaks logical sharding constraints.)
+  """
+
+  cfg: ModelConfig
+  features: tuple[int, ...]
+  axes: tuple[str, ...]  # Logical axes of the kernel: the contracted input dims, then `features`.
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n_in = len(self.axes) - len(self.features)
+    shape = x.shape[x.ndim - n_in:] + self.features
+    init = nn.initializers.lecun_normal(in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, len(shape))))
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), shape, self.cfg.param_dtype)
+    y = jnp.tensordot(x.astype(self.cfg.dtype), kernel.astype(self.cfg.dtype), axes=n_in)
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.axes[n_in:]),
+                        self.features, self.cfg.param_dtype)
+      y = y + bias.astype(self.cfg.dtype)
+    return y
+
+
+class RMSNorm(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    init = nn.initializers.zeros_init() if self.cfg.norm_plus_one else nn.initializers.ones_init()
+    scale_D = self.param("scale", nn.with_logical_partitioning(init, ("norm",)), (x_BxTxD.shape[-1],),
+                         self.cfg.param_dtype)
+    x = x_BxTxD.astype(jnp.float32)  # Normalise in float32 whatever the compute dtype.
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.cfg.norm_eps)
+    scale_D = scale_D.astype(jnp.float32) + (1.0 if self.cfg.norm_plus_one else 0.0)
+    return (x * scale_D).astype(self.cfg.dtype)
+
+
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
+  """Rotary embeddings, rotating the two halves of each head (the Llama / Hugging Face convention)."""
+  half = x_BxTxNxH.shape[-1] // 2
+  freqs_h = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles_BxTxh = positions_BxT[..., None].astype(jnp.float32) * freqs_h
+  sin, cos = jnp.sin(angles_BxTxh)[:, :, None, :], jnp.cos(angles_BxTxh)[:, :, None, :]
+  x1, x2 = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxNxH.dtype)
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+  layer: int
+
+  @nn.compact
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: dict[str, jax.Array] | None, cache_index):
+    cfg = self.cfg
+    N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q_BxTxNxH = Dense(cfg, (N, H), ("embed", "heads", "head_dim"), cfg.qkv_bias, name="q")(x_BxTxD)
+    k_BxTxKxH = Dense(cfg, (K, H), ("embed", "kv_heads", "head_dim"), cfg.qkv_bias, name="k")(x_BxTxD)
+    v_BxTxKxH = Dense(cfg, (K, H), ("embed", "kv_heads", "head_dim"), cfg.qkv_bias, name="v")(x_BxTxD)
+    q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
+    k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta)
+
+    new_cache = None
+    if cache is not None:
+      # Write this call's keys/values at slot `cache_index`; attend over the whole cache (the mask hides the rest).
+      k_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BxTxKxH.astype(cache["k"].dtype), cache_index, 1)
+      v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BxTxKxH.astype(cache["v"].dtype), cache_index, 1)
+      cache_axes = ("batch", "cache_length", "act_kv_heads", "head_dim")
+      k_BxSxKxH = nn.with_logical_constraint(k_BxSxKxH, cache_axes)
+      v_BxSxKxH = nn.with_logical_constraint(v_BxSxKxH, cache_axes)
+      new_cache = {"k": k_BxSxKxH, "v": v_BxSxKxH}
+    else:
+      k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH
+
+    B, T = x_BxTxD.shape[:2]
+    q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
+    scale = cfg.query_scale if cfg.query_scale is not None else H ** -0.5
+    logits_BxKxGxTxS = jnp.einsum(
+        "btkgh,bskh->bkgts", q_BxTxKxGxH * jnp.asarray(scale, q_BxTxKxGxH.dtype), k_BxSxKxH.astype(cfg.dtype),
+        preferred_element_type=jnp.float32)
+    if cfg.attn_logits_softcap is not None:
+      logits_BxKxGxTxS = jnp.tanh(logits_BxKxGxTxS / cfg.attn_logits_softcap) * cfg.attn_logits_softcap
+    if cfg.uses_window(self.layer):
+      mask_BxTxS = mask_BxTxS & _window_mask(mask_BxTxS, cfg.sliding_window)
+    logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS, jnp.finfo(jnp.float32).min)
+    probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(cfg.dtype)
+    out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH.astype(cfg.dtype))
+    out_BxTxNxH = nn.with_logical_constraint(
+        out_BxTxKxGxH.reshape(B, T, N, H), ("batch", "length", "act_heads", "head_dim"))
+    out_BxTxD = Dense(cfg, (cfg.embed_dim,), ("heads", "head_dim", "embed"), name="o")(out_BxTxNxH)
+    return out_BxTxD, new_cache
+
+
+def _window_mask(mask_BxTxS, window):
+  """Restricts each query to its last `window` visible keys (itself included).
+
+  Both layouts that build masks (packed training rows and the left-padded sampler cache) give every query a
+  contiguous run of visible slots ending at the query itself, so a key's distance to the query is the number of
+  visible keys after it.
+  """
+  visible_BxTxS = mask_BxTxS.astype(jnp.int32)
+  after_BxTxS = jnp.flip(jnp.cumsum(jnp.flip(visible_BxTxS, -1), -1), -1) - visible_BxTxS
+  return after_BxTxS < window
+
+
+class MLP(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    cfg = self.cfg
+    gate_BxTxF = Dense(cfg, (cfg.mlp_dim,), ("embed", "mlp"), name="gate")(x_BxTxD)
+    up_BxTxF = Dense(cfg, (cfg.mlp_dim,), ("embed", "mlp"), name="up")(x_BxTxD)
+    act = jax.nn.silu if cfg.activation == "silu" else (lambda x: jax.nn.gelu(x, approximate=True))
+    h_BxTxF = nn.with_logical_constraint(act(gate_BxTxF) * up_BxTxF, ("batch", "length", "act_mlp"))
+    return Dense(cfg, (cfg.embed_dim,), ("mlp", "embed"), name="down")(h_BxTxF)
+
+
+class Block(nn.Module):
+  cfg: ModelConfig
+  layer: int
+
+  @nn.compact
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_index):
+    attn_BxTxD, new_cache = Attention(self.cfg, self.layer, name="attn")(
+        RMSNorm(self.cfg, name="attn_norm")(x_BxTxD), positions_BxT, mask_BxTxS, cache, cache_index)
+    x_BxTxD = x_BxTxD + attn_BxTxD
+    x_BxTxD = x_BxTxD + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxTxD))
+    return nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed")), new_cache
+
+
+class Transformer(nn.Module):
+  """`apply(params, tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index) -> (logits_BxTxV, cache)`.
+
+  `mask_BxTxS[b, t, s]` says whether query t of row b may attend to key slot s (causality, padding and packing are
+  all expressed by the caller through it; see `causal_mask` and the sampler). Without a cache, S == T. With a cache,
+  this call's keys are written at slots [cache_index, cache_index + T) first.
+  """
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: Cache | None = None, cache_index=0):
+    cfg = self.cfg
+    embed = nn.Embed(
+        cfg.vocab_size, cfg.embed_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")), name="embed")
+    x_BxTxD = embed(tokens_BxT)
+    if cfg.scale_embeddings:
+      x_BxTxD = x_BxTxD * jnp.asarray(cfg.embed_dim ** 0.5, x_BxTxD.dtype)
+    x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed"))
+    new_cache = [] if cache is not None else None
+    for i in range(cfg.num_layers):
+      x_BxTxD, layer_cache = Block(cfg, i, name=f"layer_{i}")(
+          x_BxTxD, positions_BxT, mask_BxTxS, None if cache is None else cache[i], cache_index)
+      if cache is not None:
+        new_cache.append(layer_cache)
+    x_BxTxD = RMSNorm(cfg, name="final_norm")(x_BxTxD)
+    if cfg.tied_embeddings:
+      logits_BxTxV = embed.attend(x_BxTxD)
+    else:
+      logits_BxTxV = Dense(cfg, (cfg.vocab_size,), ("embed", "vocab"), name="lm_head")(x_BxTxD)
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    if cfg.final_logits_softcap is not None:
+      logits_BxTxV = jnp.tanh(logits_BxTxV / cfg.final_logits_softcap) * cfg.final_logits_softcap
+    logits_BxTxV = nn.with_logical_constraint(logits_BxTxV, ("batch", "length", "act_vocab"))
+    return logits_BxTxV, new_cache
+
+
+def causal_mask(segment_ids_BxT: jax.Array) -> jax.Array:
+  """Causal attention within packed segments; segment id 0 marks padding, which attends only to itself."""
+  T = segment_ids_BxT.shape[1]
+  causal_TxT = jnp.tril(jnp.ones((T, T), dtype=bool))
+  same_BxTxT = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
+  pad_self_BxTxT = (segment_ids_BxT[:, :, None] == 0) & jnp.eye(T, dtype=bool)
+  return (causal_TxT & same_BxTxT & (segment_ids_BxT[:, None, :] != 0)) | pad_self_BxTxT
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> Cache:
+  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  dtype = dtype or cfg.dtype
+  return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)]
+
+
+def param_count(params: Any) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))

@@ -1,0 +1,9 @@
+"""Reward functions by name: `get(name)(prompts, completions, **fields)`."""
+
+from rest_jax.rewards import arithmetic as _arithmetic  # Registers its rewards.
+from rest_jax.rewards.registry import get
+from rest_jax.rewards.registry import names
+from rest_jax.rewards.registry import register
+from rest_jax.rewards.registry import RewardFn
+
+__all__ = ["RewardFn", "get", "names", "register"]

@@ -1,0 +1,11 @@
+"""Tasks by name: `get(name, **kwargs) -> Task` (problem splits, a reward)."""
+
+from rest_jax.tasks import arithmetic as _arithmetic  # Registers "arithmetic".
+from rest_jax.tasks.base import Problem
+from rest_jax.tasks.base import reward_fields
+from rest_jax.tasks.base import Task
+from rest_jax.tasks.registry import get
+from rest_jax.tasks.registry import names
+from rest_jax.tasks.registry import register
+
+__all__ = ["Problem", "Task", "get", "names", "register", "reward_fields"]

@@ -1,0 +1,48 @@
+"""Registry of task factories, looked up by name from configs."""
+
+from collections.abc import Callable
+from typing import Any
+
+from rest_jax.tasks import base
+
+TaskFactory = Callable[..., base.Task]
+
+_REGISTRY: dict[str, TaskFactory] = {}
+
+
+def register(name: str) -> Callable[[TaskFactory], TaskFactory]:
+  """Returns a decorator that registers a task factory under `name`."""
+
+  def decorator(factory: TaskFactory) -> TaskFactory:
+    existing = _REGISTRY.get(name)
+    # Re-importing a module re-registers the same factory; a different one
+    # under the same name is a clash that would silently change the data.
+    if existing is not None and _qualified_name(existing) != _qualified_name(
+        factory
+    ):
+      raise ValueError(
+          f"task {name!r} is already registered to {_qualified_name(existing)},"
+          f" cannot register {_qualified_name(factory)}"
+      )
+    _REGISTRY[name] = factory
+    return factory
+
+  return decorator
+
+
+def get(name: str, **kwargs: Any) -> base.Task:
+  """Builds the task registered as `name`, passing `kwargs` to its factory."""
+  if name not in _REGISTRY:
+    raise ValueError(
+        f"unknown task {name!r}; known tasks: {', '.join(names())}"
+    )
+  return _REGISTRY[name](**kwargs)
+
+
+def names() -> list[str]:
+  """Returns the registered task names, sorted."""
+  return sorted(_REGISTRY)
+
+
+def _qualified_name(fn: Callable[..., Any]) -> str:
+  return f"{fn.__module__}.{fn.__qualname__}"

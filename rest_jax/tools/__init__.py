@@ -1,0 +1,1 @@
+"""Command-line tools that produce the project's assets."""

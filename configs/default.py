@@ -1,0 +1,109 @@
+"""ReST-EM on the embedded arithmetic task, with the project's own small base model. Runs on a laptop CPU.
+
+  python -m rest_jax.main --config=configs/default.py --workdir=runs/demo
+  python -m rest_jax.main --config=configs/default.py:smoke --workdir=/tmp/smoke      # seconds; used by the tests
+  python -m rest_jax.main --config=configs/default.py --config.rest.num_iterations=2 --workdir=runs/two
+
+Arguments after the colon select a mode: "" (the full demo), "smoke" (tiny sizes), "rest" (the original ReST of
+Gulcehre et al.: Improve steps with rising reward thresholds on a scalar reward), "scalar" (ReST-EM weighting the
+loss by the partial-credit reward).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  mode = arg or "full"
+  if mode not in ("full", "smoke", "rest", "scalar"):
+    raise ValueError(f"configs/default.py: unknown mode {mode!r}; use '', 'smoke', 'rest' or 'scalar'")
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.title = "ReST-EM on embedded multi-step arithmetic"
+
+  # The task: problems, rewards and the human-written solutions (rest_jax/tasks/arithmetic.py).
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "arithmetic"
+  c.task.kwargs = ml_collections.ConfigDict(dict(
+      seed=0,
+      num_human=300,  # Problems with human-written worked solutions: the base model's and SFT's data.
+      num_train=1500,  # Answer-only problems that ReST-EM self-trains on.
+      num_val=200,  # Early stopping of the M-step (greedy pass@1).
+      num_test=500,  # Held-out evaluation.
+      num_transfer=300,  # Longer problems than any seen in training: transfer.
+      min_operands=3, max_operands=6, max_operand=9, max_total=99,
+      transfer_min_operands=7, transfer_max_operands=8,
+      reward="arithmetic",  # "arithmetic" (binary) or "arithmetic_steps" (scalar partial credit).
+  ))
+
+  # The base model: a checkpoint directory written by rest_jax.checkpoints ("" = the shipped one for this task).
+  c.base = ml_collections.ConfigDict()
+  c.base.checkpoint = ""
+  c.base.tokenizer = ""  # "" = the shipped SentencePiece model.
+
+  # How the shipped base model was made (python -m rest_jax.tools.pretrain_base): trained from scratch on the human-
+  # written solutions only, as the paper's base model has seen only a small set of human solutions.
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.model = ml_collections.ConfigDict(dict(
+      num_layers=4, embed_dim=64, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=256, activation="silu",
+      tied_embeddings=True, dtype="float32"))
+  c.pretrain.train = ml_collections.ConfigDict(dict(
+      learning_rate=3e-3, warmup_steps=20, num_epochs=60.0, seq_len=128, batch_rows=32, eval_every=50, patience=0))
+
+  # Mesh: data x fsdp x tensor; -1 takes the remaining devices.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  c.sampler = ml_collections.ConfigDict()
+  c.sampler.batch_rows = 512  # Rows (prompts x samples) decoded per device call.
+  c.sampler.prompt_buckets = (16, 32, 64, 128)
+  c.sampler.max_new_tokens = 80
+  c.sampler.reward_workers = 2  # Host threads scoring completions while the device decodes.
+
+  # The EM loop.
+  c.rest = ml_collections.ConfigDict()
+  c.rest.algorithm = "rest_em"  # "rest_em" (Singh et al. 2023) or "rest" (Gulcehre et al. 2023).
+  c.rest.num_iterations = 3
+  c.rest.samples_per_problem = 8  # E-step samples per training problem (paper: 32 MATH, 64 APPS).
+  c.rest.temperature = 0.7  # Paper: 0.7.
+  c.rest.top_k = 40  # Paper: 40.
+  c.rest.top_p = 1.0
+  c.rest.cap = 4  # Kept samples per problem at most (paper: 10).
+  c.rest.reward_threshold = 0.0  # A sample is rewarded when reward > threshold.
+  c.rest.restart_from_base = True  # ReST-EM: every M-step starts from the base; False continues the last iterate.
+  c.rest.sampler_checkpoint = ""  # Distillation: if set, this checkpoint's model samples in every E-step.
+  # Original ReST only: Improve steps per Grow step, with rising thresholds, continuing from the previous model.
+  c.rest.improve_thresholds = (0.0, 0.5, 0.9)
+  c.rest.mix_human = True  # Original ReST: human-written solutions mixed into every Improve step.
+  c.rest.sft_human_baseline = True  # Also train and evaluate SFT on the human-written solutions.
+
+  # The M-step (rest_jax/training/finetune.py: TrainConfig).
+  c.train = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, lr_schedule="cosine", warmup_steps=10, end_lr_factor=0.1, weight_decay=0.01,
+      b1=0.9, b2=0.98, grad_clip=1.0, seq_len=128, batch_rows=32, micro_batches=1, num_epochs=3.0, max_steps=0,
+      eval_every=25, patience=3, loss="weighted_nll", seed=0))
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.splits = ("test", "transfer", "train")  # Evaluated after every iteration ("train" on a subset).
+  c.eval.train_subset = 300  # Problems of the train split used for its (overfitting) evaluation.
+  c.eval.sampled_splits = ("test",)  # Splits that also get pass@K / maj@K.
+  c.eval.num_samples = 8
+  c.eval.ks = (4, 8)
+  c.eval.temperature = 1.0  # Paper: pass@K at temperature 1.0 ...
+  c.eval.top_p = 0.95  # ... with nucleus 0.95.
+  c.eval.val_size = 200  # Val problems used for early stopping.
+
+  if mode == "smoke":
+    c.task.kwargs.update(num_human=16, num_train=24, num_val=8, num_test=16, num_transfer=8)
+    c.rest.num_iterations = 2
+    c.rest.samples_per_problem = 4
+    c.rest.cap = 2
+    c.sampler.batch_rows = 64
+    c.sampler.max_new_tokens = 48
+    c.train.update(max_steps=4, eval_every=2, batch_rows=8, patience=0)
+    c.eval.update(train_subset=8, num_samples=4, ks=(2, 4), val_size=8)
+  elif mode == "rest":
+    c.rest.algorithm = "rest"
+    c.task.kwargs.reward = "arithmetic_steps"
+    c.rest.num_iterations = 2
+  elif mode == "scalar":
+    c.task.kwargs.reward = "arithmetic_steps"
+  return c

@@ -1,0 +1,286 @@
+"""The EM loop: ReST-EM (and the original ReST) with the SFT-on-human baseline, resumable stage by stage.
+
+Every stage leaves one artifact in the workdir, written atomically; a rerun skips the stages whose artifact exists
+and recomputes nothing else, with seeds derived from (seed, method, iteration, stage), so an interrupted run ends
+with the same results as an uninterrupted one.
+
+  WORKDIR/config.json                                the config of the run (a rerun must match it)
+  WORKDIR/samples/<method>/iteration_<k>.jsonl.gz    E-step samples: prompt, completion, reward, kept
+  WORKDIR/checkpoints/<method>/iteration_<k>/        M-step result (Orbax), with metadata
+  WORKDIR/metrics.jsonl, stages.jsonl, tensorboard/  evaluations and stage timings
+  WORKDIR/report.md, plots/                          the report
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import time
+import zlib
+from typing import Any
+
+import jax
+import ml_collections
+
+from rest_jax import checkpoints
+from rest_jax import generation
+from rest_jax import reporting
+from rest_jax import selection
+from rest_jax import tasks as tasks_lib
+from rest_jax import tokenizers
+from rest_jax.model import sharding
+from rest_jax.model.transformer import ModelConfig
+from rest_jax.sampling import Sampler, SamplerConfig, strategies
+from rest_jax.training import TrainConfig, make_examples, train
+
+DEFAULT_BASE = {"arithmetic": "arithmetic_base"}  # Shipped base checkpoints under rest_jax/assets/.
+
+
+def _seed(config: ml_collections.ConfigDict, *parts: Any) -> int:
+  """A stable seed per stage (Python's hash() is salted per process)."""
+  return zlib.crc32(json.dumps([config.seed, *parts]).encode()) & 0x7FFFFFFF
+
+
+def _asset(name: str) -> str:
+  return str(pathlib.Path(__file__).parent / "assets" / name)
+
+
+def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """A rerun resumes only the same experiment: a different config in the same workdir would mix results."""
+  path = workdir / "config.json"
+  current = json.loads(config.to_json())
+  if path.exists():
+    saved = json.loads(path.read_text())
+    if saved != current:
+      diff = sorted(k for k in set(_flat(saved)) | set(_flat(current)) if _flat(saved).get(k) != _flat(current).get(k))
+      raise ValueError(f"{path}: the workdir holds a run with a different config (fields {', '.join(diff[:5])}); "
+                       "use a new --workdir")
+    return
+  workdir.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(d, dict):
+    return {prefix: d}
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}."))
+  return out
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything one run needs, built once from the config."""
+
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  task: tasks_lib.Task
+  mesh: Any
+  cfg: ModelConfig
+  base_params: Any
+  sampler: Sampler
+  store: checkpoints.IterationCheckpoints
+  log: reporting.MetricsLog
+
+  @classmethod
+  def create(cls, config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> "Experiment":
+    workdir = pathlib.Path(workdir)
+    _check_workdir_config(workdir, config)
+    task = tasks_lib.get(config.task.name, **config.task.kwargs.to_dict())
+    mesh = sharding.make_mesh(**config.mesh.to_dict())
+    base_dir = config.base.checkpoint or _asset(DEFAULT_BASE.get(config.task.name, ""))
+    if not checkpoints.exists(base_dir):
+      raise ValueError(f"base.checkpoint: no checkpoint at {base_dir}; make one with "
+                       f"`python -m rest_jax.tools.pretrain_base --config=... --output={base_dir}`")
+    cfg = ModelConfig.from_dict(checkpoints.load_metadata(base_dir)["model_config"])
+    base_params, _ = checkpoints.load(base_dir, shardings=sharding.param_shardings(cfg, mesh))
+    tokenizer = tokenizers.load(config.base.tokenizer or tokenizers.default_tokenizer_path())
+    if tokenizer.vocab_size > cfg.vocab_size:
+      raise ValueError(f"base.tokenizer: {tokenizer.vocab_size} tokens do not fit the model's vocab_size "
+                       f"{cfg.vocab_size}")
+    sampler = Sampler(cfg, tokenizer, mesh, SamplerConfig(batch_rows=config.sampler.batch_rows,
+                                                          prompt_buckets=tuple(config.sampler.prompt_buckets)))
+    return cls(config=config, workdir=workdir, task=task, mesh=mesh, cfg=cfg, base_params=base_params,
+               sampler=sampler, store=checkpoints.IterationCheckpoints(workdir / "checkpoints"),
+               log=reporting.MetricsLog(workdir))
+
+  # --- Stages -------------------------------------------------------------------------------------------------
+
+  def evaluate(self, params: Any, method: str, iteration: int) -> None:
+    """Evaluates `params` on every configured split, unless that evaluation is already recorded."""
+    c = self.config.eval
+    done = {(r["method"], r["iteration"], r["split"]) for r in self.log.evals()}
+    todo = [s for s in c.splits if (method, iteration, s) not in done]
+    if not todo:
+      return
+    t0 = time.time()
+    base_records = {r["split"]: r for r in self.log.evals() if r["iteration"] == 0}
+    for split in todo:
+      if iteration == 0 and split in base_records:  # The base model is shared by all methods: evaluate it once.
+        record = dict(base_records[split], method=method)
+      else:
+        problems = list(self.task.split(split))
+        if split == "train":
+          problems = problems[:c.train_subset]
+        sampled = split in c.sampled_splits
+        metrics = generation.evaluate(
+            self.sampler, params, self.task, problems, greedy_strategy=strategies.Greedy(),
+            sample_strategy=strategies.make(c.temperature, top_p=c.top_p) if sampled else None,
+            num_samples=c.num_samples, ks=tuple(c.ks), max_new_tokens=self.config.sampler.max_new_tokens,
+            seed=_seed(self.config, method, iteration, "eval", split), desc=f"{method} it{iteration} {split}")
+        record = {"method": method, "iteration": iteration, "split": split, **metrics}
+      self.log.append_eval(record)
+    wall = time.time() - t0
+    self.log.append_stage({"method": method, "iteration": iteration, "stage": "eval", "wall_s": wall})
+    test = next((r for r in self.log.evals() if (r["method"], r["iteration"], r["split"]) == (method, iteration,
+                                                                                            "test")), None)
+    reporting.log_stage(method, iteration, "eval", wall, **({"test_pass@1": test["pass@1"]} if test else {}))
+
+  def val_fn(self, method: str, iteration: int):
+    problems = list(self.task.split("val"))[:self.config.eval.val_size]
+
+    def fn(params) -> float:
+      scored = generation.generate_and_score(
+          self.sampler, params, problems, reward=self.task.reward, num_samples=1, strategy=strategies.Greedy(),
+          max_new_tokens=self.config.sampler.max_new_tokens, seed=0, stop_strings=self.task.stop_strings,
+          desc=f"{method} it{iteration} val")
+      return float((scored.rewards[:, 0] >= 1.0).mean())
+
+    return fn
+
+  def estep(self, params: Any, method: str, iteration: int) -> list[selection.Sample]:
+    """Samples the training problems, scores and filters them; cached as JSONL."""
+    path = self.workdir / "samples" / method / f"iteration_{iteration}.jsonl.gz"
+    if path.exists():
+      return selection.read_jsonl(path)
+    c = self.config.rest
+    t0 = time.time()
+    problems = list(self.task.split("train"))
+    seed = _seed(self.config, method, iteration, "estep")
+    scored = generation.generate_and_score(
+        self.sampler, params, problems, reward=self.task.reward, num_samples=c.samples_per_problem,
+        strategy=strategies.make(c.temperature, c.top_k, c.top_p), max_new_tokens=self.config.sampler.max_new_tokens,
+        seed=seed, stop_strings=self.task.stop_strings, workers=self.config.sampler.reward_workers,
+        desc=f"{method} it{iteration} E-step")
+    samples = [selection.Sample(problem_id=p.id, prompt=p.prompt, completion=comp, reward=float(r),
+                                iteration=iteration)
+               for p, comps, rs in zip(problems, scored.completions, scored.rewards) for comp, r in zip(comps, rs)]
+    samples = selection.keep(samples, cap=c.cap, threshold=c.reward_threshold, seed=seed)
+    selection.write_jsonl(path, samples)
+    stats = selection.selection_stats(samples, threshold=c.reward_threshold)
+    wall = time.time() - t0
+    self.log.append_stage({"method": method, "iteration": iteration, "stage": "estep", "wall_s": wall,
+                           **{k: stats[k] for k in ("generated", "rewarded", "kept", "solve_rate")}})
+    reporting.log_stage(method, iteration, "estep", wall, **{k: stats[k] for k in ("generated", "rewarded", "kept",
+                                                                                   "solve_rate")})
+    return samples
+
+  def mstep(self, init_params: Any, prompts, completions, weights, method: str, iteration: int) -> Any:
+    """Fine-tunes `init_params` on the examples; cached as the iteration's checkpoint."""
+    shardings = sharding.param_shardings(self.cfg, self.mesh)
+    if self.store.exists(method, iteration):
+      return self.store.load(method, iteration, shardings=shardings)[0]
+    t0 = time.time()
+    train_config = TrainConfig(**{**self.config.train.to_dict(), "seed": _seed(self.config, method, iteration, "m")})
+    examples = make_examples(self.sampler.tokenizer, prompts, completions, weights)
+    result = train(init_params, examples, cfg=self.cfg, config=train_config, mesh=self.mesh,
+                   val_fn=self.val_fn(method, iteration), desc=f"{method} it{iteration} M-step")
+    wall = time.time() - t0
+    counters = {"train_steps": result.steps, "best_step": result.best_step, "tokens": result.tokens,
+                "examples": len(examples)}
+    if result.best_val is not None:
+      counters["best_val_pass@1"] = result.best_val
+    self.store.save(method, iteration, result.params,
+                    {"model_config": self.cfg.to_dict(), "method": method, "iteration": iteration, **counters,
+                     "history": result.history})
+    self.log.append_stage({"method": method, "iteration": iteration, "stage": "mstep", "wall_s": wall, **counters})
+    reporting.log_stage(method, iteration, "mstep", wall, **counters)
+    return result.params
+
+  # --- Methods ------------------------------------------------------------------------------------------------
+
+  def human_data(self) -> tuple[list[str], list[str]]:
+    human = list(self.task.split("human"))
+    return [p.prompt for p in human], [p.solution for p in human]
+
+  def sft_human(self) -> None:
+    self.evaluate(self.base_params, "sft_human", 0)
+    prompts, solutions = self.human_data()
+    params = self.mstep(self.base_params, prompts, solutions, None, "sft_human", 1)
+    self.evaluate(params, "sft_human", 1)
+
+  def sampling_params(self, policy: Any) -> tuple[Any, Sampler]:
+    """Distillation: a fixed (e.g. larger) model may sample instead of the policy being trained."""
+    path = self.config.rest.sampler_checkpoint
+    if not path:
+      return policy, self.sampler
+    cfg = ModelConfig.from_dict(checkpoints.load_metadata(path)["model_config"])
+    params, _ = checkpoints.load(path, shardings=sharding.param_shardings(cfg, self.mesh))
+    return params, Sampler(cfg, self.sampler.tokenizer, self.mesh, self.sampler.config)
+
+  def rest_em(self) -> None:
+    method, c = "rest_em", self.config.rest
+    self.evaluate(self.base_params, method, 0)
+    policy = self.base_params
+    for it in range(1, c.num_iterations + 1):
+      sampling_params, sampler = self.sampling_params(policy)
+      own_sampler, self.sampler = self.sampler, sampler
+      try:
+        samples = self.estep(sampling_params, method, it)
+      finally:
+        self.sampler = own_sampler
+      kept = [s for s in samples if s.kept]
+      init = self.base_params if c.restart_from_base else policy
+      policy = self.mstep(init, [s.prompt for s in kept], [s.completion for s in kept], [s.reward for s in kept],
+                          method, it)
+      self.evaluate(policy, method, it)
+
+  def rest(self) -> None:
+    """Original ReST: per Grow step, Improve steps with rising thresholds, each continuing from the previous model,
+    with the human-written solutions mixed in; the iteration's checkpoint is the last Improve step's model."""
+    method, c = "rest", self.config.rest
+    self.evaluate(self.base_params, method, 0)
+    policy = self.base_params
+    human_prompts, human_solutions = self.human_data() if c.mix_human else ([], [])
+    for it in range(1, c.num_iterations + 1):
+      samples = self.estep(policy, method, it)
+      if self.store.exists(method, it):
+        policy = self.store.load(method, it, shardings=sharding.param_shardings(self.cfg, self.mesh))[0]
+      else:
+        for step, threshold in enumerate(c.improve_thresholds):
+          chosen = [s for s in samples if s.kept and s.reward > threshold]
+          prompts = [s.prompt for s in chosen] + human_prompts
+          completions = [s.completion for s in chosen] + human_solutions
+          weights = [s.reward for s in chosen] + [1.0] * len(human_prompts)
+          # Each Improve step is cached under a sub-method so that an interrupted Grow step resumes mid-way.
+          policy = self.mstep(policy, prompts, completions, weights, f"{method}_improve{step}", it)
+        self.store.save(method, it, policy, {"model_config": self.cfg.to_dict(), "method": method, "iteration": it})
+      self.evaluate(policy, method, it)
+
+  def report(self) -> str:
+    summary = "\n".join(f"{k} = {v}" for k, v in sorted(_flat(json.loads(self.config.to_json())).items()))
+    return reporting.write_report(self.workdir, self.log.evals(), self.log.stages(), title=self.config.title,
+                                  config_summary=summary)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict[str, Any]]:
+  """Runs (or resumes) the experiment described by `config`; returns its evaluation records."""
+  if config.rest.algorithm not in ("rest_em", "rest"):
+    raise ValueError(f"rest.algorithm must be 'rest_em' or 'rest', got {config.rest.algorithm!r}")
+  exp = Experiment.create(config, workdir)
+  logging.info("rest_jax: %s on %s, mesh %s, %d devices; workdir %s", config.rest.algorithm, config.task.name,
+               dict(exp.mesh.shape), jax.device_count(), workdir)
+  try:
+    if config.rest.sft_human_baseline:
+      exp.sft_human()
+      exp.report()
+    getattr(exp, config.rest.algorithm)()
+    path = exp.report()
+    logging.info("rest_jax: report at %s", path)
+    return exp.log.evals()
+  finally:
+    exp.log.close()

@@ -1,0 +1,74 @@
+"""Sampling plus scoring: the device decodes while a host thread pool scores what it already decoded.
+
+Used by the E-step (many samples per training problem) and by evaluation (greedy and sampled completions).
+"""
+
+import concurrent.futures
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rest_jax import evaluation
+from rest_jax import reporting
+from rest_jax import rewards as rewards_lib
+from rest_jax import tasks as tasks_lib
+from rest_jax.sampling import Sampler, Strategy
+
+
+@dataclasses.dataclass
+class Scored:
+  completions: list[list[str]]  # [problem][sample]
+  rewards: np.ndarray  # [problem, sample] float
+
+
+def generate_and_score(sampler: Sampler, params: Any, problems: Sequence[tasks_lib.Problem], *, reward: str,
+                       num_samples: int, strategy: Strategy, max_new_tokens: int, seed: int,
+                       stop_strings: Sequence[str] = (), workers: int = 4, desc: str = "sample") -> Scored:
+  """`num_samples` completions per problem and their rewards.
+
+  Each decoded batch goes to a pool of `workers` threads (rewards that run programs spawn sandboxed processes, so
+  threads are enough) while the next batch is decoding on the device.
+  """
+  reward_fn = rewards_lib.get(reward)
+  completions: list[list[str]] = [[] for _ in problems]
+  rewards_PxN = np.zeros((len(problems), num_samples), np.float32)
+  futures = {}
+  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool, \
+      reporting.progress(total=len(problems), desc=desc, unit="problem") as bar:
+    batches = sampler.iter_samples(params, [p.prompt for p in problems], num_samples=num_samples, strategy=strategy,
+                                   max_new_tokens=max_new_tokens, seed=seed, stop_strings=stop_strings)
+    for idx, batch_completions in batches:
+      batch_problems = [problems[i] for i in idx]
+      flat = [c for cs in batch_completions for c in cs]
+      fields = {k: [v for v in vs for _ in range(num_samples)]
+                for k, vs in tasks_lib.reward_fields(batch_problems).items()}
+      prompts = [p.prompt for p in batch_problems for _ in range(num_samples)]
+      futures[pool.submit(reward_fn, prompts, flat, **fields)] = idx
+      for i, cs in zip(idx, batch_completions):
+        completions[i] = cs
+      bar.update(len(idx))
+    for future in concurrent.futures.as_completed(futures):
+      idx = futures[future]
+      rewards_PxN[idx] = np.asarray(future.result(), np.float32).reshape(len(idx), num_samples)
+  return Scored(completions=completions, rewards=rewards_PxN)
+
+
+def evaluate(sampler: Sampler, params: Any, task: tasks_lib.Task, problems: Sequence[tasks_lib.Problem], *,
+             greedy_strategy: Strategy, sample_strategy: Strategy | None, num_samples: int, ks: Sequence[int],
+             max_new_tokens: int, seed: int, correct_threshold: float = 1.0, desc: str = "eval") -> dict[str, float]:
+  """Greedy pass@1, and with `sample_strategy` the unbiased pass@K and maj@K from `num_samples` samples."""
+  kw = dict(reward=task.reward, max_new_tokens=max_new_tokens, stop_strings=task.stop_strings)
+  greedy = generate_and_score(sampler, params, problems, num_samples=1, strategy=greedy_strategy, seed=seed,
+                              desc=f"{desc} greedy", **kw)
+  if sample_strategy is None:
+    return {"pass@1": float(np.mean(greedy.rewards[:, 0] >= correct_threshold)), "num_problems": len(problems)}
+  sampled = generate_and_score(sampler, params, problems, num_samples=num_samples, strategy=sample_strategy,
+                               seed=seed + 1, desc=f"{desc} sampled", **kw)
+  # maj@K compares votes with the canonical answer column of the task.
+  references = [str(p.fields.get("answer", "")) for p in problems]
+  return evaluation.summarize(
+      greedy_rewards=greedy.rewards[:, 0].tolist(), sample_rewards=sampled.rewards.tolist(),
+      sample_answers=[[task.extract_answer(c) for c in cs] for cs in sampled.completions], references=references,
+      ks=tuple(ks), threshold=correct_threshold)

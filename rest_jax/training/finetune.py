@@ -1,0 +1,188 @@
+"""The M-step: fine-tune parameters on weighted examples with AdamW, keeping the best on a validation metric.
+
+`train_step(state, batch) -> (state, metrics)` is a module-level pure function, jitted once with the state donated.
+Shape letters: A micro-batches (gradient accumulation), B rows, T tokens.
+"""
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rest_jax import reporting
+from rest_jax.model import sharding
+from rest_jax.model.transformer import ModelConfig
+from rest_jax.training import batching
+from rest_jax.training import loss as loss_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  learning_rate: float = 1e-3
+  lr_schedule: str = "cosine"  # "cosine", "linear" or "constant" after warmup.
+  warmup_steps: int = 20
+  end_lr_factor: float = 0.1  # Final learning rate / peak learning rate.
+  weight_decay: float = 0.01
+  b1: float = 0.9
+  b2: float = 0.98
+  grad_clip: float = 1.0
+  seq_len: int = 256  # Packed row length.
+  batch_rows: int = 16  # Rows per micro-batch.
+  micro_batches: int = 1  # Gradient accumulation: rows per optimizer step = batch_rows x micro_batches.
+  num_epochs: float = 3.0
+  max_steps: int = 0  # If > 0, caps the number of steps.
+  eval_every: int = 50  # Steps between validation evaluations (and at the end).
+  patience: int = 0  # Stop after this many evaluations without improvement (0 = never stop early).
+  loss: str = "weighted_nll"
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.lr_schedule not in ("cosine", "linear", "constant"):
+      raise ValueError(f"train.lr_schedule must be cosine, linear or constant, got {self.lr_schedule!r}")
+    for name in ("seq_len", "batch_rows", "micro_batches", "eval_every"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+    if self.learning_rate <= 0 or self.num_epochs <= 0:
+      raise ValueError(f"train.learning_rate and train.num_epochs must be > 0, got {self.learning_rate}, "
+                       f"{self.num_epochs}")
+    loss_lib.get(self.loss)
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  cfg: ModelConfig = flax.struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  loss_factory: loss_lib.LossFactory = flax.struct.field(pytree_node=False)
+
+
+def make_optimizer(c: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+  warmup = min(c.warmup_steps, max(total_steps - 1, 0))
+  decay_steps = max(total_steps - warmup, 1)
+  end = c.learning_rate * c.end_lr_factor
+  decay = {
+      "cosine": optax.cosine_decay_schedule(c.learning_rate, decay_steps, alpha=c.end_lr_factor),
+      "linear": optax.linear_schedule(c.learning_rate, end, decay_steps),
+      "constant": optax.constant_schedule(c.learning_rate),
+  }[c.lr_schedule]
+  schedule = optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, warmup), decay], [warmup])
+  # No weight decay on norm scales and biases (1-D parameters).
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  return optax.chain(
+      optax.clip_by_global_norm(c.grad_clip),
+      optax.adamw(schedule, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay, mask=decay_mask))
+
+
+def train_step(state: TrainState, batch_AxBxT: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step over A micro-batches; the loss is normalised by the step's total completion tokens."""
+
+  def micro(carry, batch_BxT):
+    grads, loss_sum, tokens = carry
+    (l, aux), g = jax.value_and_grad(state.loss_factory(state.cfg, batch_BxT), has_aux=True)(state.params)
+    return (jax.tree.map(jnp.add, grads, g), loss_sum + l, tokens + aux["tokens"]), None
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  (grads, loss_sum, tokens), _ = jax.lax.scan(micro, (zeros, 0.0, 0), batch_AxBxT)
+  denom = jnp.maximum(tokens, 1).astype(jnp.float32)
+  grads = jax.tree.map(lambda g: g / denom, grads)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss_sum / denom, "tokens": tokens, "grad_norm": optax.global_norm(grads)}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+# The state is donated: its buffers are rewritten in place instead of doubling parameter and optimizer memory.
+_jit_train_step = jax.jit(train_step, donate_argnums=0)
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+  params: Any  # The best parameters on the validation metric (the last ones when there is no validation).
+  best_step: int
+  best_val: float | None
+  steps: int
+  tokens: int
+  history: list[dict[str, float]]  # One entry per evaluation: step, loss, val.
+
+
+def _batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp"), None))
+
+
+def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig, config: TrainConfig, mesh: Mesh,
+             val_fn: Callable[[Any], float] | None = None, desc: str = "fine-tune") -> FinetuneResult:
+  """Fine-tunes a copy of `params` on `examples`; `val_fn(params) -> higher is better` picks the best step."""
+  if not examples:
+    raise ValueError(f"{desc}: no training examples (nothing was kept?)")
+  if config.batch_rows % sharding.batch_divisor(mesh):
+    raise ValueError(f"train.batch_rows={config.batch_rows} must be a multiple of the mesh's data x fsdp = "
+                     f"{sharding.batch_divisor(mesh)}")
+  per_epoch = batching.steps_per_epoch(examples, seq_len=config.seq_len, batch_rows=config.batch_rows,
+                                       micro_batches=config.micro_batches)
+  total_steps = max(1, int(round(per_epoch * config.num_epochs)))
+  if config.max_steps > 0:
+    total_steps = min(total_steps, config.max_steps)
+  tx = make_optimizer(config, total_steps)
+  param_shardings = sharding.param_shardings(cfg, mesh)
+  # A fresh copy: the caller's params (the base model) stay valid although the train state is donated.
+  params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=param_shardings)(params)
+  with sharding.use_mesh(mesh):
+    opt_state = jax.jit(tx.init)(params)
+  state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=opt_state, cfg=cfg, tx=tx,
+                     loss_factory=loss_lib.get(config.loss))
+
+  rng = np.random.default_rng(config.seed)
+  best_params, best_val, best_step = None, None, 0
+  history: list[dict[str, float]] = []
+  evals_without_gain, tokens, step = 0, 0, 0
+  recent_loss: list[float] = []
+  t0 = time.time()
+
+  def evaluate():
+    nonlocal best_params, best_val, best_step, evals_without_gain
+    val = None if val_fn is None else float(val_fn(state.params))
+    history.append({"step": step, "loss": float(np.mean(recent_loss)) if recent_loss else float("nan"),
+                    "val": float("nan") if val is None else val})
+    if val is None:
+      return False
+    if best_val is None or val > best_val:
+      best_params = jax.tree.map(jnp.copy, state.params)  # A copy: the state's buffers are donated next step.
+      best_val, best_step, evals_without_gain = val, step, 0
+    else:
+      evals_without_gain += 1
+    return config.patience > 0 and evals_without_gain >= config.patience
+
+  stop = evaluate() if val_fn is not None else False
+  with reporting.progress(total=total_steps, desc=desc, unit="step") as bar:
+    while step < total_steps and not stop:
+      for batch in batching.epoch_batches(examples, seq_len=config.seq_len, batch_rows=config.batch_rows,
+                                          micro_batches=config.micro_batches, rng=rng):
+        batch = jax.device_put(batch, _batch_sharding(mesh))
+        with sharding.use_mesh(mesh):
+          state, metrics = _jit_train_step(state, batch)
+        step += 1
+        metrics = jax.device_get(metrics)
+        tokens += int(metrics["tokens"])
+        recent_loss = (recent_loss + [float(metrics["loss"])])[-config.eval_every:]
+        bar.update(1)
+        bar.set_postfix(loss=f"{recent_loss[-1]:.3f}", best=f"{best_val:.3f}" if best_val is not None else "-")
+        if step % config.eval_every == 0 or step == total_steps:
+          stop = evaluate()
+        if stop or step >= total_steps:
+          break
+  if val_fn is None:
+    best_params, best_step = state.params, step
+  logging.info("%s: %d steps, %d tokens, %.1fs, best step %d val %s", desc, step, tokens, time.time() - t0,
+               best_step, best_val)
+  return FinetuneResult(params=best_params, best_step=best_step, best_val=best_val, steps=step, tokens=tokens,
+                        history=history)

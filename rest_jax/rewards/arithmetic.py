@@ -132,7 +132,32 @@ def _longest_common_subsequence(a: Sequence[str], b: Sequence[str]) -> int:
   return previous[-1]
 
 
+def _derivation_is_verified(prompt: str, completion: str, expected: str) -> bool:
+  """The final answer is right AND the step lines are exactly the problem's worked steps, in order."""
+  reference = solution_steps(*parse_prompt(prompt))  # Parsed first: a malformed prompt always raises.
+  return extract_final_answer(completion) == expected and _completion_steps(completion) == reference
+
+
 @registry.register("arithmetic")
+def verified_reward(
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    *,
+    answer: Sequence[object],
+    **unused_fields: Sequence[object],
+) -> list[float]:
+  """1.0 where the final answer is `answer` and every step line checks out, else 0.0.
+
+  The answers of this task are small integers, so a wrong derivation often lands on the right answer by chance;
+  rewarding those (see "arithmetic_answer") trains the model on its own lucky guesses. The verifier therefore
+  checks the derivation: the "x op y=z" lines must be exactly the running totals of the problem, in order.
+  """
+  del unused_fields
+  return [float(_derivation_is_verified(p, c, e))
+          for p, c, e in zip(prompts, completions, _expected_answers(answer))]
+
+
+@registry.register("arithmetic_answer")
 def correct_answer_reward(
     prompts: Sequence[str],
     completions: Sequence[str],
@@ -140,7 +165,7 @@ def correct_answer_reward(
     answer: Sequence[object],
     **unused_fields: Sequence[object],
 ) -> list[float]:
-  """1.0 where `extract_final_answer` of a completion is `answer`, else 0.0."""
+  """1.0 where `extract_final_answer` of a completion is `answer`, else 0.0 (final answer only, as for MATH)."""
   del prompts, unused_fields
   return [
       float(extract_final_answer(completion) == expected)
@@ -158,8 +183,8 @@ def step_credit_reward(
 ) -> list[float]:
   """Scalar reward in [0, 1] that gives partial credit for correct steps.
 
-  1.0 when the final answer equals `answer`. Otherwise STEP_CREDIT (0.5) times
-  the fraction of the problem's reference steps (the running totals of the
+  1.0 for a verified derivation (see "arithmetic"). Otherwise STEP_CREDIT (0.5)
+  times the fraction of the problem's reference steps (the running totals of the
   prompt, left to right, as written by `solution_steps`) that appear in the
   completion as "x op y=z" lines in the same order; the count is the longest
   in-order match, so one wrong line costs only its own step. Spaces and
@@ -171,7 +196,7 @@ def step_credit_reward(
   for prompt, completion, expected in zip(
       prompts, completions, _expected_answers(answer)
   ):
-    if extract_final_answer(completion) == expected:
+    if _derivation_is_verified(prompt, completion, expected):
       rewards.append(1.0)
       continue
     reference = solution_steps(*parse_prompt(prompt))

@@ -33,7 +33,7 @@ from rest_jax.rewards import arithmetic as arithmetic_rewards
 from rest_jax.tasks import base
 from rest_jax.tasks import registry
 
-REWARDS = ("arithmetic", "arithmetic_steps")
+REWARDS = ("arithmetic", "arithmetic_answer", "arithmetic_steps")
 
 # Seed index of each split's random stream: fixed, so that adding a split or
 # reordering generation never changes an existing split's stream.

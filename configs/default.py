@@ -25,14 +25,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task.name = "arithmetic"
   c.task.kwargs = ml_collections.ConfigDict(dict(
       seed=0,
-      num_human=300,  # Problems with human-written worked solutions: the base model's and SFT's data.
-      num_train=1500,  # Answer-only problems that ReST-EM self-trains on.
+      num_human=800,  # Problems with human-written worked solutions: the base model's and SFT's data.
+      num_train=2000,  # Answer-only problems that ReST-EM self-trains on.
       num_val=200,  # Early stopping of the M-step (greedy pass@1).
       num_test=500,  # Held-out evaluation.
-      num_transfer=300,  # Longer problems than any seen in training: transfer.
-      min_operands=3, max_operands=6, max_operand=9, max_total=99,
-      transfer_min_operands=7, transfer_max_operands=8,
-      reward="arithmetic",  # "arithmetic" (binary) or "arithmetic_steps" (scalar partial credit).
+      num_transfer=300,  # A harder distribution than test: only the longest problems.
+      min_operands=3, max_operands=5, max_operand=9, max_total=99,
+      transfer_min_operands=5, transfer_max_operands=5,  # The hardest length: see the README on transfer.
+      # "arithmetic": binary, the derivation is verified; "arithmetic_answer": binary, final answer only (lucky
+      # guesses pass); "arithmetic_steps": scalar partial credit for correct steps.
+      reward="arithmetic",
   ))
 
   # The base model: a checkpoint directory written by rest_jax.checkpoints ("" = the shipped one for this task).
@@ -47,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_layers=4, embed_dim=64, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=256, activation="silu",
       tied_embeddings=True, dtype="float32"))
   c.pretrain.train = ml_collections.ConfigDict(dict(
-      learning_rate=3e-3, warmup_steps=20, num_epochs=60.0, seq_len=128, batch_rows=32, eval_every=50, patience=0))
+      learning_rate=3e-3, warmup_steps=20, num_epochs=50.0, seq_len=128, batch_rows=32, eval_every=50, patience=0))
 
   # Mesh: data x fsdp x tensor; -1 takes the remaining devices.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -77,9 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # The M-step (rest_jax/training/finetune.py: TrainConfig).
   c.train = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, lr_schedule="cosine", warmup_steps=10, end_lr_factor=0.1, weight_decay=0.01,
-      b1=0.9, b2=0.98, grad_clip=1.0, seq_len=128, batch_rows=32, micro_batches=1, num_epochs=3.0, max_steps=0,
-      eval_every=25, patience=3, loss="weighted_nll", seed=0))
+      learning_rate=3e-3, lr_schedule="cosine", warmup_steps=10, end_lr_factor=0.1, weight_decay=0.01,
+      b1=0.9, b2=0.98, grad_clip=1.0, seq_len=128, batch_rows=32, micro_batches=1, num_epochs=8.0, max_steps=0,
+      eval_every=25, patience=4, loss="weighted_nll", seed=0))
 
   c.eval = ml_collections.ConfigDict()
   c.eval.splits = ("test", "transfer", "train")  # Evaluated after every iteration ("train" on a subset).

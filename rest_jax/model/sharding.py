@@ -103,6 +103,17 @@ def param_shardings(cfg: Any, mesh: Mesh) -> Any:
   return logical_sharding(nn.get_partition_spec(boxed), mesh)
 
 
+def train_state_shardings(cfg: Any, mesh: Mesh, tx: Any) -> tuple[Any, Any]:
+  """(param, optimizer-state) shardings: optimizer moments are sharded exactly like their parameters."""
+  _, init = _abstract_init(cfg)
+  boxed = jax.eval_shape(init, jax.random.key(0))
+  # Initialising the optimizer on the boxed (logically annotated) params keeps the annotations on its moments;
+  # scalars such as Adam's step count have none and are replicated.
+  opt_state = jax.eval_shape(tx.init, boxed)
+  return (logical_sharding(nn.get_partition_spec(boxed), mesh),
+          logical_sharding(nn.get_partition_spec(opt_state), mesh))
+
+
 def init_params(cfg: Any, mesh: Mesh, rng: jax.Array) -> Any:
   """Initialises parameters directly in their shards: shapes first, then a jitted init with out_shardings."""
   _, init = _abstract_init(cfg)

@@ -54,6 +54,10 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"ModelConfig.num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"ModelConfig.head_dim must be even (rotary embeddings rotate pairs), got {self.head_dim}")
+    if self.sliding_window is not None and self.sliding_window < 1:
+      raise ValueError(f"ModelConfig.sliding_window must be >= 1 or None, got {self.sliding_window}")
     if self.activation not in ("silu", "gelu"):
       raise ValueError(f"ModelConfig.activation must be 'silu' or 'gelu', got {self.activation!r}")
     for name in ("dtype", "param_dtype"):

@@ -148,7 +148,7 @@ class Sampler:
     for i, ids in enumerate(encoded):
       by_bucket.setdefault(self._bucket(len(ids), i), []).append(i)
     limit = self.config.max_total_len
-    if limit is not None and max(by_bucket) + max_new_tokens > limit:
+    if limit is not None and by_bucket and max(by_bucket) + max_new_tokens > limit:
       raise ValueError(f"prompt bucket {max(by_bucket)} + max_new_tokens {max_new_tokens} exceeds the model context "
                        f"{limit} (sampler.max_total_len)")
     shards = sharding.batch_divisor(self.mesh)

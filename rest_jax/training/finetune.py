@@ -101,8 +101,11 @@ def train_step(state: TrainState, batch_AxBxT: dict[str, jax.Array]) -> tuple[Tr
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-# The state is donated: its buffers are rewritten in place instead of doubling parameter and optimizer memory.
-_jit_train_step = jax.jit(train_step, donate_argnums=0)
+def jit_train_step(state_shardings: TrainState, mesh: Mesh):
+  """`train_step` jitted for a mesh: the state keeps its shardings from step to step, so it compiles once."""
+  # The state is donated: its buffers are rewritten in place instead of doubling parameter and optimizer memory.
+  return jax.jit(train_step, donate_argnums=0, in_shardings=(state_shardings, _batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)))
 
 
 @dataclasses.dataclass
@@ -133,13 +136,16 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
   if config.max_steps > 0:
     total_steps = min(total_steps, config.max_steps)
   tx = make_optimizer(config, total_steps)
-  param_shardings = sharding.param_shardings(cfg, mesh)
+  param_shardings, opt_shardings = sharding.train_state_shardings(cfg, mesh, tx)
   # A fresh copy: the caller's params (the base model) stay valid although the train state is donated.
   params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=param_shardings)(params)
-  with sharding.use_mesh(mesh):
-    opt_state = jax.jit(tx.init)(params)
-  state = TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=opt_state, cfg=cfg, tx=tx,
-                     loss_factory=loss_lib.get(config.loss))
+  opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+  loss_factory = loss_lib.get(config.loss)
+  state = TrainState(step=jax.device_put(jnp.asarray(0, jnp.int32), sharding.replicated(mesh)), params=params,
+                     opt_state=opt_state, cfg=cfg, tx=tx, loss_factory=loss_factory)
+  state_shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings,
+                               cfg=cfg, tx=tx, loss_factory=loss_factory)
+  step_fn = jit_train_step(state_shardings, mesh)
 
   rng = np.random.default_rng(config.seed)
   best_params, best_val, best_step = None, None, 0
@@ -169,7 +175,7 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
                                           micro_batches=config.micro_batches, rng=rng):
         batch = jax.device_put(batch, _batch_sharding(mesh))
         with sharding.use_mesh(mesh):
-          state, metrics = _jit_train_step(state, batch)
+          state, metrics = step_fn(state, batch)
         step += 1
         metrics = jax.device_get(metrics)
         tokens += int(metrics["tokens"])

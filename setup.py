@@ -1,0 +1,38 @@
+"""rest_jax: ReST-EM (Reinforced Self-Training) in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="rest_jax",
+    version="0.1.0",
+    description="ReST-EM: reinforced self-training of language models in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["rest_jax", "rest_jax.*"]),
+    package_data={"rest_jax": ["assets/*.model", "assets/arithmetic_base/**/*"]},
+    include_package_data=True,
+    # Bounds: the versions this release was tested with (2026-11).
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "sentencepiece>=0.2.1,<0.3",
+        "ml-collections>=1.1,<2",
+        "absl-py>=2.1,<3",
+        "numpy>=2.0,<3",
+        "tqdm>=4.66,<5",
+        "matplotlib>=3.10,<4",
+        "tensorboardX>=2.6.2,<3",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=9.0,<10",
+            "pytest-xdist>=3.8,<4",
+            "nbformat>=5.10,<6",
+            "nbclient>=0.10,<0.12",
+            "ipykernel>=6.29,<8",
+        ],
+    },
+)

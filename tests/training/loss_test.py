@@ -1,0 +1,114 @@
+"""Behaviour tests for rest_jax.training.loss: the reward-weighted NLL counts completion tokens only."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rest_jax.model.transformer import Transformer, causal_mask
+from rest_jax.training import batching, loss
+from tests.helpers import tiny_config
+
+CFG = tiny_config(num_layers=1)
+SEQ_LEN = 12
+# Tiny programs: LLVM optimisation would cost more compile time than it saves.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _random_params(seed: int = 0):
+  tokens_1x1 = jnp.zeros((1, 1), jnp.int32)
+  init = lambda rng: Transformer(CFG).init(rng, tokens_1x1, tokens_1x1, jnp.ones((1, 1, 1), bool))["params"]
+  shapes = nn.unbox(jax.eval_shape(init, jax.random.key(0)))
+  rs = np.random.default_rng(seed)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, s: 1.0 + 0.1 * rs.normal(size=s.shape).astype(np.float32) if path[-1].key == "scale" else
+      0.3 * rs.normal(size=s.shape).astype(np.float32), shapes)
+
+
+@functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+def _loss(params, batch):
+  return loss.weighted_nll(CFG, batch)(params)
+
+
+@functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+def _logits(params, batch):
+  return Transformer(CFG).apply({"params": params}, batch["tokens"], batch["positions"],
+                                causal_mask(batch["segment_ids"]))[0]
+
+
+@functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+def _loss_grad_wrt_weights(params, batch):
+  return jax.grad(lambda w: loss.weighted_nll(CFG, dict(batch, weights=w))(params)[0])(batch["weights"])
+
+
+A = batching.Example(prompt_ids=(1, 10, 11, 12), completion_ids=(20, 21, 2), weight=0.75)  # 6 input tokens.
+B = batching.Example(prompt_ids=(1, 13), completion_ids=(22, 23, 24, 2), weight=1.5)  # 5 input tokens.
+
+
+def _pack(*examples):
+  return batching.pack(list(examples), SEQ_LEN, np.arange(len(examples)))
+
+
+@pytest.fixture(scope="module")
+def params():
+  return _random_params()
+
+
+@pytest.fixture(scope="module")
+def batch():
+  packed = _pack(A, B)  # One row: A, B, one padding slot.
+  assert packed["tokens"].shape == (1, SEQ_LEN)
+  return packed
+
+
+def test_loss_matches_a_hand_computed_weighted_nll(params, batch):
+  loss_sum, aux = _loss(params, batch)
+  logits_TxV = np.asarray(_logits(params, batch), np.float64)[0]
+  logprobs_TxV = logits_TxV - np.log(np.exp(logits_TxV).sum(-1, keepdims=True))
+  nll_T = -logprobs_TxV[np.arange(SEQ_LEN), batch["targets"][0]]
+  # Completion targets: A's at slots 3, 4, 5 (20, 21, EOS); B's at slots 7, 8, 9, 10 (22, 23, 24, EOS).
+  np.testing.assert_allclose(loss_sum, 0.75 * nll_T[3:6].sum() + 1.5 * nll_T[7:11].sum(), rtol=1e-5)
+  np.testing.assert_allclose(aux["nll_sum"], nll_T[3:6].sum() + nll_T[7:11].sum(), rtol=1e-5)
+  assert int(aux["tokens"]) == 7
+
+
+def test_targets_of_prompt_positions_do_not_change_the_loss(params, batch):
+  base, _ = _loss(params, batch)
+  prompt_slots = np.flatnonzero((batch["segment_ids"][0] > 0) & ~batch["loss_mask"][0])
+  assert len(prompt_slots) == 4
+  changed = dict(batch, targets=batch["targets"].copy())
+  changed["targets"][0, prompt_slots] = 40
+  np.testing.assert_allclose(_loss(params, changed)[0], base, rtol=1e-6)
+  completion = dict(batch, targets=batch["targets"].copy())
+  completion["targets"][0, 4] = 40  # A completion target: the loss must see it.
+  assert abs(float(_loss(params, completion)[0]) - float(base)) > 1e-3
+
+
+def test_weights_on_prompt_positions_are_ignored_and_get_no_gradient(params, batch):
+  grad_BxT = np.asarray(_loss_grad_wrt_weights(params, batch))
+  mask_BxT = batch["loss_mask"]
+  assert np.all(grad_BxT[~mask_BxT] == 0)
+  assert np.all(grad_BxT[mask_BxT] > 0)  # d loss / d weight is the token's NLL.
+  noisy = dict(batch, weights=np.where(mask_BxT, batch["weights"], 5.0).astype(np.float32))
+  np.testing.assert_allclose(_loss(params, noisy)[0], _loss(params, batch)[0], rtol=1e-6)
+
+
+def test_weight_scales_the_loss(params):
+  unweighted = _loss(params, _pack(batching.Example(A.prompt_ids, A.completion_ids, 1.0), B))[0]
+  b_only = _loss(params, _pack(B))[0]
+  a_weighted = _loss(params, _pack(batching.Example(A.prompt_ids, A.completion_ids, 0.3), B))[0]
+  np.testing.assert_allclose(a_weighted - b_only, 0.3 * (unweighted - b_only), rtol=1e-4)
+
+
+def test_packed_loss_is_the_sum_of_each_example_alone(params, batch):
+  alone = _loss(params, _pack(A))[0] + _loss(params, _pack(B))[0]
+  np.testing.assert_allclose(_loss(params, batch)[0], alone, rtol=1e-5)
+
+
+def test_get_looks_up_losses_by_name():
+  assert loss.get("weighted_nll") is loss.weighted_nll
+  with pytest.raises(ValueError, match="unknown loss 'nll2'"):
+    loss.get("nll2")

@@ -49,14 +49,19 @@ def _asset(name: str) -> str:
 def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
   """A rerun resumes only the same experiment: a different config in the same workdir would mix results."""
   path = workdir / "config.json"
-  current = json.loads(config.to_json())
   if path.exists():
-    saved = json.loads(path.read_text())
-    if saved != current:
-      diff = sorted(k for k in set(_flat(saved)) | set(_flat(current)) if _flat(saved).get(k) != _flat(current).get(k))
+    saved, current = _flat(json.loads(path.read_text())), _flat(json.loads(config.to_json()))
+    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if diff:
       raise ValueError(f"{path}: the workdir holds a run with a different config (fields {', '.join(diff[:5])}); "
                        "use a new --workdir")
+
+
+def _write_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  path = workdir / "config.json"
+  if path.exists():
     return
+  current = json.loads(config.to_json())
   workdir.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp")
   tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
@@ -64,11 +69,12 @@ def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDi
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+  """{"a": {"b": 1}} -> {"a.b": 1}."""
   if not isinstance(d, dict):
     return {prefix: d}
   out = {}
   for k, v in d.items():
-    out.update(_flat(v, f"{prefix}{k}."))
+    out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
   return out
 
 
@@ -104,6 +110,7 @@ class Experiment:
                        f"{cfg.vocab_size}")
     sampler = Sampler(cfg, tokenizer, mesh, SamplerConfig(batch_rows=config.sampler.batch_rows,
                                                           prompt_buckets=tuple(config.sampler.prompt_buckets)))
+    _write_workdir_config(workdir, config)  # Only once the config proved usable.
     return cls(config=config, workdir=workdir, task=task, mesh=mesh, cfg=cfg, base_params=base_params,
                sampler=sampler, store=checkpoints.IterationCheckpoints(workdir / "checkpoints"),
                log=reporting.MetricsLog(workdir))
@@ -187,6 +194,12 @@ class Experiment:
     t0 = time.time()
     train_config = TrainConfig(**{**self.config.train.to_dict(), "seed": _seed(self.config, method, iteration, "m")})
     examples = make_examples(self.sampler.tokenizer, prompts, completions, weights)
+    if not examples:  # Nothing was rewarded: there is nothing to learn from, the model stays as it was.
+      logging.warning("%s it%d: no kept samples; the M-step keeps its initial parameters", method, iteration)
+      self.store.save(method, iteration, init_params, {"model_config": self.cfg.to_dict(), "examples": 0})
+      self.log.append_stage({"method": method, "iteration": iteration, "stage": "mstep", "wall_s": 0.0,
+                             "examples": 0})
+      return init_params
     result = train(init_params, examples, cfg=self.cfg, config=train_config, mesh=self.mesh,
                    val_fn=self.val_fn(method, iteration), desc=f"{method} it{iteration} M-step")
     wall = time.time() - t0

@@ -49,9 +49,11 @@ def generate_and_score(sampler: Sampler, params: Any, problems: Sequence[tasks_l
       for i, cs in zip(idx, batch_completions):
         completions[i] = cs
       bar.update(len(idx))
+      bar.set_postfix(scored=sum(len(i) for f, i in futures.items() if f.done()))
     for future in concurrent.futures.as_completed(futures):
       idx = futures[future]
       rewards_PxN[idx] = np.asarray(future.result(), np.float32).reshape(len(idx), num_samples)
+    bar.set_postfix(scored=len(problems))
   return Scored(completions=completions, rewards=rewards_PxN)
 
 

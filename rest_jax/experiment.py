@@ -110,6 +110,10 @@ class Experiment:
                        f"{cfg.vocab_size}")
     sampler = Sampler(cfg, tokenizer, mesh, SamplerConfig(batch_rows=config.sampler.batch_rows,
                                                           prompt_buckets=tuple(config.sampler.prompt_buckets)))
+    # Settings first used minutes into a run are checked now.
+    TrainConfig(**config.train.to_dict())
+    strategies.make(config.rest.temperature, config.rest.top_k, config.rest.top_p)
+    strategies.make(config.eval.temperature, top_p=config.eval.top_p)
     _write_workdir_config(workdir, config)  # Only once the config proved usable.
     return cls(config=config, workdir=workdir, task=task, mesh=mesh, cfg=cfg, base_params=base_params,
                sampler=sampler, store=checkpoints.IterationCheckpoints(workdir / "checkpoints"),
@@ -123,6 +127,9 @@ class Experiment:
     done = {(r["method"], r["iteration"], r["split"]) for r in self.log.evals()}
     todo = [s for s in c.splits if (method, iteration, s) not in done]
     if not todo:
+      if not any((r["method"], r["iteration"], r["stage"]) == (method, iteration, "eval") for r in self.log.stages()):
+        # Killed after the last split's record: the evaluation is complete, its wall time is lost.
+        self.log.append_stage({"method": method, "iteration": iteration, "stage": "eval", "wall_s": 0.0})
       return
     t0 = time.time()
     base_records = {r["split"]: r for r in self.log.evals() if r["iteration"] == 0}
@@ -177,11 +184,12 @@ class Experiment:
                                 iteration=iteration)
                for p, comps, rs in zip(problems, scored.completions, scored.rewards) for comp, r in zip(comps, rs)]
     samples = selection.keep(samples, cap=c.cap, threshold=c.reward_threshold, seed=seed)
-    selection.write_jsonl(path, samples)
     stats = selection.selection_stats(samples, threshold=c.reward_threshold)
     wall = time.time() - t0
+    # The record goes first: a kill between the two only makes the rerun redo (and re-log) this stage.
     self.log.append_stage({"method": method, "iteration": iteration, "stage": "estep", "wall_s": wall,
                            **{k: stats[k] for k in ("generated", "rewarded", "kept", "solve_rate")}})
+    selection.write_jsonl(path, samples)
     reporting.log_stage(method, iteration, "estep", wall, **{k: stats[k] for k in ("generated", "rewarded", "kept",
                                                                                    "solve_rate")})
     return samples
@@ -196,9 +204,9 @@ class Experiment:
     examples = make_examples(self.sampler.tokenizer, prompts, completions, weights)
     if not examples:  # Nothing was rewarded: there is nothing to learn from, the model stays as it was.
       logging.warning("%s it%d: no kept samples; the M-step keeps its initial parameters", method, iteration)
-      self.store.save(method, iteration, init_params, {"model_config": self.cfg.to_dict(), "examples": 0})
       self.log.append_stage({"method": method, "iteration": iteration, "stage": "mstep", "wall_s": 0.0,
                              "examples": 0})
+      self.store.save(method, iteration, init_params, {"model_config": self.cfg.to_dict(), "examples": 0})
       return init_params
     result = train(init_params, examples, cfg=self.cfg, config=train_config, mesh=self.mesh,
                    val_fn=self.val_fn(method, iteration), desc=f"{method} it{iteration} M-step")
@@ -207,10 +215,11 @@ class Experiment:
                 "examples": len(examples)}
     if result.best_val is not None:
       counters["best_val_pass@1"] = result.best_val
+    # The record goes first: a kill between the two only makes the rerun redo (and re-log) this stage.
+    self.log.append_stage({"method": method, "iteration": iteration, "stage": "mstep", "wall_s": wall, **counters})
     self.store.save(method, iteration, result.params,
                     {"model_config": self.cfg.to_dict(), "method": method, "iteration": iteration, **counters,
                      "history": result.history})
-    self.log.append_stage({"method": method, "iteration": iteration, "stage": "mstep", "wall_s": wall, **counters})
     reporting.log_stage(method, iteration, "mstep", wall, **counters)
     return result.params
 

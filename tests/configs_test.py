@@ -1,0 +1,153 @@
+"""Loads every shipped configs/*.py in every mode its docstring lists and builds what the experiment builds from it."""
+
+import ast
+import importlib.util
+import logging
+import pathlib
+import re
+import shlex
+import sys
+
+import ml_collections
+import pytest
+from absl import flags
+
+from rest_jax import checkpoints
+from rest_jax import experiment
+from rest_jax import main
+from rest_jax import rewards
+from rest_jax import tasks
+from rest_jax import tokenizers
+from rest_jax.model.transformer import ModelConfig
+from rest_jax.sampling import SamplerConfig, strategies
+from rest_jax.training import TrainConfig, make_examples
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+_CONFIG_FILES = sorted((_REPO / "configs").glob("*.py"))
+
+
+def _docstring(path: pathlib.Path) -> str:
+  return ast.get_docstring(ast.parse(path.read_text())) or ""
+
+
+def _modes(path: pathlib.Path) -> list[str]:
+  """The modes listed after "select a mode:" in the docstring, up to the end of that paragraph; else [""]."""
+  match = re.search(r"select a mode:(.*?)(?:\n\s*\n|\Z)", _docstring(path), re.DOTALL)
+  return re.findall(r'"([^"]*)"\s*\(', match[1]) if match else [""]
+
+
+def _launch_commands(path: pathlib.Path) -> list[list[str]]:
+  """The `python -m rest_jax.main ...` lines of the docstring, as argv (without the trailing comment)."""
+  return [shlex.split(line.split("#")[0])[3:] for line in _docstring(path).splitlines()
+          if line.strip().startswith("python -m rest_jax.main")]
+
+
+def _load(path: pathlib.Path):
+  spec = importlib.util.spec_from_file_location(f"configs_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+_CASES = [pytest.param(path, mode, id=f"{path.stem}:{mode}") for path in _CONFIG_FILES for mode in _modes(path)]
+
+
+def test_the_shipped_configs_are_all_found():
+  assert _REPO / "configs" / "default.py" in _CONFIG_FILES
+  assert _modes(_REPO / "configs" / "default.py") == ["", "smoke", "rest", "scalar"]
+
+
+@pytest.mark.parametrize("path, mode", _CASES)
+def test_config_builds_valid_objects(path, mode):
+  config = _load(path).get_config(mode)
+  assert isinstance(config, ml_collections.ConfigDict)
+  if mode == "":  # `--config=file.py` calls get_config() with no argument.
+    assert _load(path).get_config() == config
+
+  TrainConfig(**config.train)
+  task = tasks.get(config.task.name, **config.task.kwargs)
+  rewards.get(task.reward)
+  for split in ("human", "train", "val", *config.eval.splits):
+    assert task.split(split), split
+  assert all(p.solution for p in task.split("human"))
+
+  assert config.rest.algorithm in ("rest_em", "rest")
+  assert config.rest.num_iterations >= 1 and config.rest.samples_per_problem >= 1 and config.rest.cap >= 1
+  strategies.make(config.rest.temperature, config.rest.top_k, config.rest.top_p)
+  strategies.make(config.eval.temperature, top_p=config.eval.top_p)
+  assert set(config.eval.sampled_splits) <= set(config.eval.splits)
+  assert max(config.eval.ks) <= config.eval.num_samples  # pass@k and maj@k need k <= n.
+  assert config.eval.train_subset <= len(task.split("train"))
+  assert config.eval.val_size <= len(task.split("val"))
+
+  # Every prompt fits a prompt bucket, and every SFT example fits a training row, or the run fails midway.
+  SamplerConfig(batch_rows=config.sampler.batch_rows, prompt_buckets=tuple(config.sampler.prompt_buckets))
+  tokenizer = tokenizers.load(config.base.tokenizer or tokenizers.default_tokenizer_path())
+  longest_prompt = max(1 + len(tokenizer.encode(p.prompt)) for split in task.splits for p in task.split(split))
+  assert longest_prompt <= max(config.sampler.prompt_buckets)
+  human = task.split("human")
+  examples = make_examples(tokenizer, [p.prompt for p in human], [p.solution for p in human])
+  assert max(len(e) for e in examples) <= config.train.seq_len
+
+  # The base model: the shipped one is the model `pretrain` describes.
+  base = config.base.checkpoint or experiment._asset(experiment.DEFAULT_BASE[config.task.name])
+  assert checkpoints.exists(base), base
+  model_config = ModelConfig.from_dict(checkpoints.load_metadata(base)["model_config"])
+  assert tokenizer.vocab_size <= model_config.vocab_size
+  if not config.base.checkpoint:
+    assert model_config == ModelConfig(vocab_size=tokenizer.vocab_size, **config.pretrain.model)
+    TrainConfig(**{**config.train, **config.pretrain.train})
+
+
+@pytest.mark.parametrize("path", _CONFIG_FILES, ids=lambda p: p.stem)
+def test_unknown_mode_is_rejected(path):
+  with pytest.raises(ValueError, match="no-such-mode"):
+    _load(path).get_config("no-such-mode")
+
+
+@pytest.fixture
+def parse_flags(monkeypatch):
+  """Parses argv with rest_jax.main's flags, as app.run would.
+
+  config_flags reads overrides from sys.argv, so that is patched too, and defines a flag per override on the global
+  FLAGS, which a second parse with the same override would define again: they are removed after each test. Parsing
+  also sets the level of absl's logger (from --verbosity), which is restored so later tests see the usual logging.
+  """
+  monkeypatch.chdir(_REPO)
+  absl_logger = logging.getLogger("absl")
+  monkeypatch.setattr(absl_logger, "level", absl_logger.level)
+
+  def forget_overrides() -> None:
+    flags.FLAGS.unparse_flags()
+    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+      delattr(flags.FLAGS, name)
+
+  def parse(argv: list[str]) -> None:
+    argv = ["rest_jax.main", *argv]
+    monkeypatch.setattr(sys, "argv", argv)
+    forget_overrides()
+    flags.FLAGS(argv)
+
+  yield parse
+  forget_overrides()
+
+
+@pytest.mark.parametrize("path", _CONFIG_FILES, ids=lambda p: p.stem)
+def test_docstring_launch_commands_parse(path, parse_flags):
+  commands = _launch_commands(path)
+  assert commands, f"{path.name}: the docstring has no `python -m rest_jax.main` launch command"
+  for argv in commands:
+    parse_flags(argv)
+    config_flag = next(a for a in argv if a.startswith("--config="))
+    file, _, mode = config_flag.removeprefix("--config=").partition(":")
+    assert (_REPO / file).resolve() == path.resolve(), argv
+    assert mode in _modes(path), argv
+    expected = _load(path).get_config(mode)
+    for override in (a for a in argv if a.startswith("--config.")):
+      name, value = override.removeprefix("--config.").split("=", 1)
+      node = expected
+      *parents, leaf = name.split(".")
+      for part in parents:
+        node = node[part]
+      node[leaf] = type(node[leaf])(ast.literal_eval(value))
+    assert main._CONFIG.value.to_dict() == expected.to_dict(), argv

@@ -2,15 +2,12 @@
 
 import ast
 import importlib.util
-import logging
 import pathlib
 import re
 import shlex
-import sys
 
 import ml_collections
 import pytest
-from absl import flags
 
 from rest_jax import checkpoints
 from rest_jax import experiment
@@ -105,31 +102,6 @@ def test_unknown_mode_is_rejected(path):
     _load(path).get_config("no-such-mode")
 
 
-@pytest.fixture
-def parse_flags(monkeypatch):
-  """Parses argv with rest_jax.main's flags, as app.run would.
-
-  config_flags reads overrides from sys.argv, so that is patched too, and defines a flag per override on the global
-  FLAGS, which a second parse with the same override would define again: they are removed after each test. Parsing
-  also sets the level of absl's logger (from --verbosity), which is restored so later tests see the usual logging.
-  """
-  monkeypatch.chdir(_REPO)
-  absl_logger = logging.getLogger("absl")
-  monkeypatch.setattr(absl_logger, "level", absl_logger.level)
-
-  def forget_overrides() -> None:
-    flags.FLAGS.unparse_flags()
-    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
-      delattr(flags.FLAGS, name)
-
-  def parse(argv: list[str]) -> None:
-    argv = ["rest_jax.main", *argv]
-    monkeypatch.setattr(sys, "argv", argv)
-    forget_overrides()
-    flags.FLAGS(argv)
-
-  yield parse
-  forget_overrides()
 
 
 @pytest.mark.parametrize("path", _CONFIG_FILES, ids=lambda p: p.stem)
@@ -137,7 +109,7 @@ def test_docstring_launch_commands_parse(path, parse_flags):
   commands = _launch_commands(path)
   assert commands, f"{path.name}: the docstring has no `python -m rest_jax.main` launch command"
   for argv in commands:
-    parse_flags(argv)
+    parse_flags(*argv)
     config_flag = next(a for a in argv if a.startswith("--config="))
     file, _, mode = config_flag.removeprefix("--config=").partition(":")
     assert (_REPO / file).resolve() == path.resolve(), argv

@@ -2,7 +2,12 @@
 
 from collections.abc import Sequence
 
-from rest_jax.model import ModelConfig
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rest_jax.model import ModelConfig, Transformer
 
 
 class CharTokenizer:
@@ -25,3 +30,14 @@ def tiny_config(vocab_size: int = 64, **overrides) -> ModelConfig:
   kw = dict(vocab_size=vocab_size, num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64)
   kw.update(overrides)
   return ModelConfig(**kw)
+
+
+def random_params(cfg: ModelConfig, seed: int = 0):
+  """Random parameters drawn on the host (no init to compile): norm scales near 1, weights N(0, 0.3^2)."""
+  tokens_1x1 = jnp.zeros((1, 1), jnp.int32)
+  init = lambda rng: Transformer(cfg).init(rng, tokens_1x1, tokens_1x1, jnp.ones((1, 1, 1), bool))["params"]
+  shapes = nn.unbox(jax.eval_shape(init, jax.random.key(0)))
+  rs = np.random.default_rng(seed)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, s: 1.0 + 0.1 * rs.normal(size=s.shape).astype(np.float32) if path[-1].key == "scale" else
+      0.3 * rs.normal(size=s.shape).astype(np.float32), shapes)

@@ -9,7 +9,6 @@ import collections
 import dataclasses
 import importlib.util
 import json
-import logging
 import os
 import pathlib
 import signal
@@ -382,31 +381,6 @@ def test_different_config_in_an_existing_workdir_fails_and_writes_nothing(runs):
 # --- Flags, in process -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def parse_flags(monkeypatch):
-  """Parses argv with rest_jax.main's flags, as app.run would.
-
-  config_flags reads overrides from sys.argv, so that is patched too, and defines a flag per override on the global
-  FLAGS, which a second parse with the same override would define again: they are removed after each test. Parsing
-  also sets the level of absl's logger (from --verbosity), which is restored so later tests see the usual logging.
-  """
-  monkeypatch.chdir(_REPO)
-  absl_logger = logging.getLogger("absl")
-  monkeypatch.setattr(absl_logger, "level", absl_logger.level)
-
-  def forget_overrides() -> None:
-    flags.FLAGS.unparse_flags()
-    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
-      delattr(flags.FLAGS, name)
-
-  def parse(*args: str) -> None:
-    argv = ["rest_jax.main", *args]
-    monkeypatch.setattr(sys, "argv", argv)
-    forget_overrides()
-    flags.FLAGS(argv)
-
-  yield parse
-  forget_overrides()
 
 
 def test_cli_overrides_reach_the_experiment(parse_flags, monkeypatch, tmp_path):

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from rest_jax.model import sharding
 from rest_jax.model.transformer import Transformer, causal_mask

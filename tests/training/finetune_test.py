@@ -1,6 +1,5 @@
 """Behaviour tests for rest_jax.training.finetune: the train step, gradient accumulation, sharding and `train()`."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,10 +8,9 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rest_jax.model import sharding
-from rest_jax.model.transformer import Transformer
 from rest_jax.training import batching, finetune, loss
 from rest_jax.training.finetune import TrainConfig, TrainState
-from tests.helpers import CharTokenizer, tiny_config
+from tests.helpers import CharTokenizer, random_params, tiny_config
 
 TOK = CharTokenizer()
 CFG = tiny_config(vocab_size=64, num_layers=1)
@@ -26,14 +24,9 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 _step = jax.jit(finetune.train_step, compiler_options=_FAST_COMPILE)
 
 
+
 def _random_params(seed: int = 0):
-  tokens_1x1 = jnp.zeros((1, 1), jnp.int32)
-  init = lambda rng: Transformer(CFG).init(rng, tokens_1x1, tokens_1x1, jnp.ones((1, 1, 1), bool))["params"]
-  shapes = nn.unbox(jax.eval_shape(init, jax.random.key(0)))
-  rs = np.random.default_rng(seed)
-  return jax.tree_util.tree_map_with_path(
-      lambda path, s: 1.0 + 0.1 * rs.normal(size=s.shape).astype(np.float32) if path[-1].key == "scale" else
-      0.3 * rs.normal(size=s.shape).astype(np.float32), shapes)
+  return random_params(CFG, seed)
 
 
 def _examples(n: int = 12, seed: int = 0) -> list[batching.Example]:

@@ -2,15 +2,13 @@
 
 import functools
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from rest_jax.model.transformer import Transformer, causal_mask
 from rest_jax.training import batching, loss
-from tests.helpers import tiny_config
+from tests.helpers import random_params, tiny_config
 
 CFG = tiny_config(num_layers=1)
 SEQ_LEN = 12
@@ -18,14 +16,9 @@ SEQ_LEN = 12
 _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
+
 def _random_params(seed: int = 0):
-  tokens_1x1 = jnp.zeros((1, 1), jnp.int32)
-  init = lambda rng: Transformer(CFG).init(rng, tokens_1x1, tokens_1x1, jnp.ones((1, 1, 1), bool))["params"]
-  shapes = nn.unbox(jax.eval_shape(init, jax.random.key(0)))
-  rs = np.random.default_rng(seed)
-  return jax.tree_util.tree_map_with_path(
-      lambda path, s: 1.0 + 0.1 * rs.normal(size=s.shape).astype(np.float32) if path[-1].key == "scale" else
-      0.3 * rs.normal(size=s.shape).astype(np.float32), shapes)
+  return random_params(CFG, seed)
 
 
 @functools.partial(jax.jit, compiler_options=_FAST_COMPILE)

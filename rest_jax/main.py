@@ -2,11 +2,8 @@
 
   python -m rest_jax.main --config=configs/default.py --workdir=runs/demo
   python -m rest_jax.main --config=configs/default.py:smoke --workdir=/tmp/smoke --config.rest.num_iterations=1
-
-Multi-host (TPU pods, multi-node GPU): pass --distributed so every process joins JAX's distributed runtime first.
 """
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -15,14 +12,11 @@ from rest_jax import experiment
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file[:mode].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, samples, metrics and the report go.",
                                required=True)
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
   logging.set_verbosity(logging.INFO)
   experiment.run(_CONFIG.value, _WORKDIR.value)
 

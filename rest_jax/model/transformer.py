@@ -12,11 +12,13 @@ Shape letters:
 """
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Cache = list[dict[str, jax.Array]]  # One {"k": BxSxKxH, "v": BxSxKxH} per layer.
 
@@ -44,6 +46,9 @@ class ModelConfig:
   sliding_window: int | None = None  # Mistral / Gemma 2 local attention.
   sliding_window_layers: tuple[int, ...] | None = None  # Layers that use the window; None = all when set.
   query_scale: float | None = None  # Defaults to head_dim ** -0.5.
+  post_norms: bool = False  # Gemma 2: RMSNorm on the attention and MLP outputs before each residual add.
+  # Llama 3.1 frequency scaling: (factor, low_freq_factor, high_freq_factor, original_max_position_embeddings).
+  rope_scaling: tuple[float, float, float, float] | None = None
   dtype: str = "float32"  # Compute dtype, e.g. "bfloat16".
   param_dtype: str = "float32"
 
@@ -58,6 +63,9 @@ class ModelConfig:
       raise ValueError(f"ModelConfig.head_dim must be even (rotary embeddings rotate pairs), got {self.head_dim}")
     if self.sliding_window is not None and self.sliding_window < 1:
       raise ValueError(f"ModelConfig.sliding_window must be >= 1 or None, got {self.sliding_window}")
+    if self.rope_scaling is not None and len(self.rope_scaling) != 4:
+      raise ValueError(f"ModelConfig.rope_scaling must be (factor, low_freq_factor, high_freq_factor, "
+                       f"original_max_position_embeddings) or None, got {self.rope_scaling}")
     if self.activation not in ("silu", "gelu"):
       raise ValueError(f"ModelConfig.activation must be 'silu' or 'gelu', got {self.activation!r}")
     for name in ("dtype", "param_dtype"):
@@ -71,8 +79,9 @@ class ModelConfig:
     if unknown:
       raise ValueError(f"ModelConfig: unknown fields {unknown}")
     d = dict(d)
-    if d.get("sliding_window_layers") is not None:
-      d["sliding_window_layers"] = tuple(d["sliding_window_layers"])
+    for name in ("sliding_window_layers", "rope_scaling"):  # JSON gives lists; the config must stay hashable.
+      if d.get(name) is not None:
+        d[name] = tuple(d[name])
     return cls(**d)
 
   def to_dict(self) -> dict[str, Any]:
@@ -123,15 +132,36 @@ class RMSNorm(nn.Module):
     return (x * scale_D).astype(self.cfg.dtype)
 
 
-def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, theta: float) -> jax.Array:
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, theta: float,
+               scaling: tuple[float, float, float, float] | None = None) -> jax.Array:
   """Rotary embeddings, rotating the two halves of each head (the Llama / Hugging Face convention)."""
   half = x_BxTxNxH.shape[-1] // 2
-  freqs_h = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if scaling is None:
+    freqs_h = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  else:
+    freqs_h = jnp.asarray(_llama3_frequencies(half, theta, scaling))
   angles_BxTxh = positions_BxT[..., None].astype(jnp.float32) * freqs_h
   sin, cos = jnp.sin(angles_BxTxh)[:, :, None, :], jnp.cos(angles_BxTxh)[:, :, None, :]
   x1, x2 = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BxTxNxH.dtype)
+
+
+def _llama3_frequencies(half: int, theta: float, scaling: tuple[float, float, float, float]) -> np.ndarray:
+  """Llama 3.1's rotary frequencies: long wavelengths slowed down by `factor`, a smooth blend in between.
+
+  Computed in float32 as Hugging Face's `_compute_llama3_parameters` does, so the band boundaries fall alike.
+  """
+  factor, low_freq_factor, high_freq_factor, old_context = scaling
+  freqs_h = (1.0 / (theta ** (np.arange(0, 2 * half, 2).astype(np.float32) / np.float32(2 * half)))).astype(
+      np.float32)
+  wavelen_h = np.float32(2 * math.pi) / freqs_h
+  low_freq_wavelen, high_freq_wavelen = old_context / low_freq_factor, old_context / high_freq_factor
+  scaled_h = np.where(wavelen_h > low_freq_wavelen, freqs_h / np.float32(factor), freqs_h)
+  smooth_h = (old_context / wavelen_h - low_freq_factor) / (high_freq_factor - low_freq_factor)
+  smoothed_h = (1 - smooth_h) * scaled_h / np.float32(factor) + smooth_h * scaled_h
+  medium_h = ~(wavelen_h < high_freq_wavelen) & ~(wavelen_h > low_freq_wavelen)
+  return np.where(medium_h, smoothed_h, scaled_h).astype(np.float32)
 
 
 class Attention(nn.Module):
@@ -145,8 +175,8 @@ class Attention(nn.Module):
     q_BxTxNxH = Dense(cfg, (N, H), ("embed", "heads", "head_dim"), cfg.qkv_bias, name="q")(x_BxTxD)
     k_BxTxKxH = Dense(cfg, (K, H), ("embed", "kv_heads", "head_dim"), cfg.qkv_bias, name="k")(x_BxTxD)
     v_BxTxKxH = Dense(cfg, (K, H), ("embed", "kv_heads", "head_dim"), cfg.qkv_bias, name="v")(x_BxTxD)
-    q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta)
-    k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta)
+    q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta, cfg.rope_scaling)
+    k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta, cfg.rope_scaling)
 
     new_cache = None
     if cache is not None:
@@ -212,8 +242,13 @@ class Block(nn.Module):
   def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_index):
     attn_BxTxD, new_cache = Attention(self.cfg, self.layer, name="attn")(
         RMSNorm(self.cfg, name="attn_norm")(x_BxTxD), positions_BxT, mask_BxTxS, cache, cache_index)
+    if self.cfg.post_norms:
+      attn_BxTxD = RMSNorm(self.cfg, name="post_attn_norm")(attn_BxTxD)
     x_BxTxD = x_BxTxD + attn_BxTxD
-    x_BxTxD = x_BxTxD + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxTxD))
+    mlp_BxTxD = MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x_BxTxD))
+    if self.cfg.post_norms:
+      mlp_BxTxD = RMSNorm(self.cfg, name="post_mlp_norm")(mlp_BxTxD)
+    x_BxTxD = x_BxTxD + mlp_BxTxD
     return nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed")), new_cache
 
 

@@ -1,6 +1,7 @@
 """Reward functions by name: `get(name)(prompts, completions, **fields)`."""
 
 from rest_jax.rewards import arithmetic as _arithmetic  # Registers its rewards.
+from rest_jax.rewards import numeric as _numeric  # Registers "final_number".
 from rest_jax.rewards.registry import get
 from rest_jax.rewards.registry import names
 from rest_jax.rewards.registry import register

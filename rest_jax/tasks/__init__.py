@@ -1,6 +1,7 @@
 """Tasks by name: `get(name, **kwargs) -> Task` (problem splits, a reward)."""
 
 from rest_jax.tasks import arithmetic as _arithmetic  # Registers "arithmetic".
+from rest_jax.tasks import word_problems as _word_problems  # Registers "word_problems".
 from rest_jax.tasks.base import Problem
 from rest_jax.tasks.base import reward_fields
 from rest_jax.tasks.base import Task

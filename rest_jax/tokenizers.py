@@ -24,6 +24,9 @@ class Tokenizer(Protocol):
   pad_id: int
   bos_id: int
   eos_id: int
+  # Whether sequences start with BOS. Tokenizers without the attribute do; chat models whose template already
+  # starts every prompt with its own marker (SmolLM2: add_bos_token=False) set it to False.
+  add_bos: bool
 
   def encode(self, text: str) -> list[int]:
     """Returns the ids of `text`, with no BOS or EOS added."""
@@ -77,6 +80,11 @@ class SentencePieceTokenizer:
     return (
         f"SentencePieceTokenizer({self.path!r}, vocab_size={self.vocab_size})"
     )
+
+
+def prefix_ids(tokenizer: Tokenizer) -> list[int]:
+  """The ids every sequence starts with: [BOS], unless the tokenizer says it adds none."""
+  return [tokenizer.bos_id] if getattr(tokenizer, "add_bos", True) else []
 
 
 def load(path: str) -> Tokenizer:

@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from rest_jax.model import sharding
 from rest_jax.model.transformer import Cache, ModelConfig, Transformer, init_cache
 from rest_jax.sampling.strategies import Strategy
+from rest_jax import tokenizers
 from rest_jax.tokenizers import Tokenizer
 
 
@@ -143,7 +144,7 @@ class Sampler:
     if num_samples < 1 or max_new_tokens < 1:
       raise ValueError(f"num_samples and max_new_tokens must be >= 1, got {num_samples}, {max_new_tokens}")
     tok = self.tokenizer
-    encoded = [[tok.bos_id] + tok.encode(p) for p in prompts]
+    encoded = [tokenizers.prefix_ids(tok) + tok.encode(p) for p in prompts]
     by_bucket: dict[int, list[int]] = {}
     for i, ids in enumerate(encoded):
       by_bucket.setdefault(self._bucket(len(ids), i), []).append(i)

@@ -11,12 +11,13 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from rest_jax import tokenizers
 from rest_jax.tokenizers import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-  prompt_ids: tuple[int, ...]  # BOS + prompt tokens.
+  prompt_ids: tuple[int, ...]  # BOS (unless the tokenizer adds none) + prompt tokens.
   completion_ids: tuple[int, ...]  # Completion tokens + EOS.
   weight: float = 1.0  # Reward: scales this example's token losses.
 
@@ -31,7 +32,8 @@ def make_examples(tokenizer: Tokenizer, prompts: Sequence[str], completions: Seq
                      f"{None if weights is None else len(weights)} weights must have the same length")
   weights = [1.0] * len(prompts) if weights is None else weights
   return [
-      Example((tokenizer.bos_id, *tokenizer.encode(p)), (*tokenizer.encode(c), tokenizer.eos_id), float(w))
+      Example((*tokenizers.prefix_ids(tokenizer), *tokenizer.encode(p)), (*tokenizer.encode(c), tokenizer.eos_id),
+              float(w))
       for p, c, w in zip(prompts, completions, weights)
   ]
 

@@ -25,6 +25,11 @@ setuptools.setup(
         "tqdm>=4.66,<5",
         "matplotlib>=3.10,<4",
         "tensorboardX>=2.6.2,<3",
+        # Pretrained checkpoints: Hugging Face safetensors + tokenizer.json, GGUF files, chat templates.
+        "safetensors>=0.8,<0.9",
+        "tokenizers>=0.23,<0.24",
+        "gguf>=0.19,<0.20",
+        "jinja2>=3.1,<4",
     ],
     extras_require={
         "test": [
@@ -33,6 +38,10 @@ setuptools.setup(
             "nbformat>=5.10,<6",
             "nbclient>=0.10,<0.12",
             "ipykernel>=6.29,<8",
+            # The reference implementation the model is checked against (CPU build of torch, see README).
+            "transformers>=5.24,<6",
+            "torch==2.13.0",
+            "accelerate>=1.15,<2",
         ],
     },
 )

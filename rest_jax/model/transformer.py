@@ -2,8 +2,8 @@
 
 It covers the features of the Llama / Qwen / Gemma / Mistral families: RMSNorm (optionally Gemma's `1 + scale`),
 rotary embeddings, gated MLP (SwiGLU or GeGLU), grouped-query attention, optional tied and scaled embeddings,
-attention biases, soft-capping and sliding-window attention, configurable head dim, and bfloat16 compute on float32
-parameters.
+attention biases, soft-capping and sliding-window attention (on all or some layers), Gemma 2's post-attention and
+post-MLP norms, Llama 3.1 rotary frequency scaling, configurable head dim, and bfloat16 compute on float32 parameters.
 
 Shape letters:
   B: batch             T: tokens in this call        S: key/value slots (cache length, or T without a cache)

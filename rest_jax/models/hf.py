@@ -14,16 +14,21 @@ Rotary embeddings rotate halves in both, so q and k need no permutation.
 import json
 import math
 import os
-from collections.abc import Iterator
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import safetensors
 import safetensors.numpy
 
-from rest_jax.model.transformer import ModelConfig
+from jax.sharding import Mesh
+
+from rest_jax.model import sharding
+from rest_jax.model.transformer import ModelConfig, Transformer
+from rest_jax.models import hf_tokenizer
+from rest_jax.models.lm import LM
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "gemma", "gemma2")
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM",
@@ -249,7 +254,8 @@ def _ignorable(name: str, cfg: ModelConfig) -> bool:
 def load_params(directory: str, cfg: ModelConfig, shardings: Any) -> dict[str, Any]:
   """Reads the safetensors weights of `directory` into the rest_jax parameter tree of `cfg`, placed by `shardings`.
 
-  Tensors are read and placed one at a time (each converted to `cfg.param_dtype`), so host memory peaks at one tensor.
+  Tensors are read (onto the default device), converted to `cfg.param_dtype` and placed one at a time, so beyond the
+  placed params only one tensor of the model is held at once.
   """
   located = _weight_files(directory)
   names = weight_names(cfg)
@@ -261,6 +267,7 @@ def load_params(directory: str, cfg: ModelConfig, shardings: Any) -> dict[str, A
   if unexpected:
     raise ValueError(f"{directory} has weights this model does not use (is config.json right?): "
                      f"{', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+  shapes = param_shapes(cfg)
   params: dict[str, Any] = {}
   by_file: dict[str, list[str]] = {}
   for name in names:
@@ -269,13 +276,11 @@ def load_params(directory: str, cfg: ModelConfig, shardings: Any) -> dict[str, A
     with safetensors.safe_open(file, framework="flax") as f:  # "flax": numpy cannot represent bfloat16.
       for name in file_names:
         path, kind = names[name]
-        leaf_sharding = _get(shardings, path)
+        stored, expected = tuple(f.get_slice(name).get_shape()), _hf_shape(_get(shapes, path), kind)
+        if stored != expected:
+          raise ValueError(f"{os.path.basename(file)}: {name} has shape {stored}, config.json implies {expected}")
         w = _to_rest_jax(f.get_tensor(name).astype(cfg.param_dtype), kind, cfg)
-        expected = leaf_sharding.shard_shape(w.shape) and _get(_shapes(cfg), path)
-        if w.shape != expected:
-          raise ValueError(f"{file}: {name} has shape {f.get_slice(name).get_shape()}, which does not fit "
-                           f"{'/'.join(path)} of shape {expected} (is config.json right?)")
-        _set(params, path, jax.device_put(w, leaf_sharding))
+        _set(params, path, jax.device_put(w, _get(shardings, path)))
         del w
   return params
 
@@ -316,12 +321,24 @@ def save_weights(directory: str, cfg: ModelConfig, params: Any, *, max_shard_byt
   return files
 
 
-def _shapes(cfg: ModelConfig) -> Any:
-  from rest_jax.model import sharding  # pylint: disable=g-import-not-at-top
-  _, init = sharding._abstract_init(cfg)  # pylint: disable=protected-access
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+def param_shapes(cfg: ModelConfig) -> Any:
+  """The rest_jax parameter tree of `cfg` as shapes (nothing is computed)."""
+  tokens_1x1 = jnp.zeros((1, 1), jnp.int32)
+  init = lambda rng: Transformer(cfg).init(rng, tokens_1x1, tokens_1x1, jnp.ones((1, 1, 1), bool))["params"]
   return jax.tree.map(lambda x: x.shape, nn.unbox(jax.eval_shape(init, jax.random.key(0))),
                       is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+
+
+def _hf_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
+  if kind == _LINEAR:
+    return shape[::-1]
+  if kind == _IN_PROJ:
+    return (shape[1] * shape[2], shape[0])
+  if kind == _IN_BIAS:
+    return (shape[0] * shape[1],)
+  if kind == _OUT_PROJ:
+    return (shape[2], shape[0] * shape[1])
+  return tuple(shape)
 
 
 def _get(tree: Any, path: tuple[str, ...]) -> Any:
@@ -336,6 +353,58 @@ def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
   tree[path[-1]] = value
 
 
-def iter_tensor_names(directory: str) -> Iterator[str]:
-  """The weight names stored in a checkpoint directory (for diagnostics)."""
-  yield from sorted(_weight_files(directory))
+def load(directory: str, *, mesh: Mesh, dtype: str = "float32") -> LM:
+  """The model in a Hugging Face checkpoint directory, its params in `dtype` placed on `mesh`."""
+  cfg = config_from_hf(read_config(directory), dtype=dtype)
+  return with_params(directory, cfg, load_params(directory, cfg, sharding.param_shardings(cfg, mesh)), mesh)
+
+
+def with_params(directory: str, cfg: ModelConfig, params: Any, mesh: Mesh) -> LM:
+  """An LM of `params` (e.g. a fine-tuned iterate) with the config.json and tokenizer of the checkpoint at
+  `directory`, which must describe `cfg`."""
+  hf = read_config(directory)
+  check_expresses(hf, cfg)
+  has_tokenizer = os.path.isfile(os.path.join(directory, "tokenizer.json"))
+  tokenizer = hf_tokenizer.HFTokenizer.from_directory(directory, hf) if has_tokenizer else None
+  generation = {}
+  if os.path.isfile(os.path.join(directory, "generation_config.json")):
+    with open(os.path.join(directory, "generation_config.json")) as f:
+      generation = json.load(f)
+  eos_ids = [tokenizer.eos_id] if tokenizer is not None else []
+  for source in (hf, generation):
+    value = source.get("eos_token_id")
+    for eos in value if isinstance(value, list) else [value]:
+      if eos is not None and eos not in eos_ids:
+        eos_ids.append(int(eos))
+  if not eos_ids:
+    raise ValueError(f"{directory}: no end-of-sequence id (tokenizer files, config.json or generation_config.json)")
+  pad_id = tokenizer.pad_id if tokenizer is not None else hf.get("pad_token_id")
+  return LM(config=cfg, params=params, tokenizer=tokenizer, mesh=mesh, model_type=hf["model_type"],
+            eos_ids=tuple(eos_ids), pad_id=eos_ids[0] if pad_id is None else int(pad_id), hf_config=hf)
+
+
+def save(lm: LM, directory: str, *, max_shard_bytes: int = 5 * 2**30) -> list[str]:
+  """Writes `lm` as a Hugging Face checkpoint (config.json, safetensors, tokenizer files) that transformers loads.
+
+  The config.json is the source's (checked to describe `lm.config`) or, for models from elsewhere, one built from
+  `lm.config` and `lm.model_type`. Returns the files written.
+  """
+  if lm.hf_config is not None:
+    check_expresses(lm.hf_config, lm.config)
+    hf = dict(lm.hf_config)
+  else:
+    hf = config_to_hf(lm.config, lm.model_type)
+    hf.update(eos_token_id=lm.eos_ids[0] if len(lm.eos_ids) == 1 else list(lm.eos_ids), pad_token_id=lm.pad_id)
+    if lm.tokenizer is not None:
+      hf["bos_token_id"] = lm.tokenizer.bos_id
+  dtype = str(jax.tree.leaves(lm.params)[0].dtype)
+  hf["dtype"] = dtype
+  if "torch_dtype" in hf:
+    hf["torch_dtype"] = dtype
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump(hf, f, indent=2, sort_keys=True)
+  files = ["config.json"] + save_weights(directory, lm.config, lm.params, max_shard_bytes=max_shard_bytes)
+  if hasattr(lm.tokenizer, "save"):
+    files += lm.tokenizer.save(directory)
+  return files

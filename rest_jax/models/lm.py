@@ -1,0 +1,116 @@
+"""`LM`: a pretrained model's config, params and tokenizer, with logits and generation for tests and notebooks.
+
+Generation runs the project's sampler (`rest_jax.sampling.sample_tokens`: prefill, KV cache, while_loop decode), fed
+token ids as the model expects them: `Sampler` always prepends `bos_id`, which models without a BOS (Qwen2, SmolLM2)
+never saw, so `LM` builds the prompt ids itself.
+
+Shape letters: B rows, T tokens, V vocabulary, P prompts, L prompt bucket, N new tokens.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from rest_jax.model import sharding
+from rest_jax.model.transformer import ModelConfig, Transformer, causal_mask
+from rest_jax.sampling import sampler, strategies
+from rest_jax.tokenizers import Tokenizer
+
+_MIN_BUCKET = 16  # Prompts are left-padded to a power of two at least this long, so few lengths compile.
+
+
+@dataclasses.dataclass
+class LM:
+  """A language model ready to use: `params` are placed on `mesh` with the model's sharding rules."""
+
+  config: ModelConfig
+  params: Any
+  tokenizer: Tokenizer | None
+  mesh: Mesh
+  model_type: str  # Hugging Face architecture name, e.g. "llama"; export writes it.
+  eos_ids: tuple[int, ...]  # Generation ends at any of these (instruct models have several, e.g. Llama 3).
+  pad_id: int
+  hf_config: dict[str, Any] | None = None  # The source config.json, written back on export.
+
+  def __post_init__(self):
+    if not self.eos_ids:
+      raise ValueError("LM.eos_ids must name at least one end-of-sequence id")
+
+  def logits(self, token_ids_BxT: Any) -> jax.Array:
+    """float32 logits_BxTxV of whole sequences (causal attention, positions from 0, no padding)."""
+    tokens_BxT = np.asarray(token_ids_BxT, np.int32)
+    if tokens_BxT.ndim != 2:
+      raise ValueError(f"token_ids_BxT must be 2-D, got shape {tokens_BxT.shape}")
+    B = tokens_BxT.shape[0]
+    rows = -(-B // sharding.batch_divisor(self.mesh)) * sharding.batch_divisor(self.mesh)
+    padded_BxT = np.concatenate([tokens_BxT, np.zeros((rows - B, tokens_BxT.shape[1]), np.int32)])
+    with sharding.use_mesh(self.mesh):
+      logits_BxTxV = _forward(self.params, sharding.shard_batch(padded_BxT, self.mesh), cfg=self.config)
+    return logits_BxTxV[:B]
+
+  def generate_ids(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, *, temperature: float = 0.0,
+                   top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[list[int]]:
+    """Continues each id sequence as given (no BOS added); the ending id, if reached, is not returned."""
+    if not prompt_ids:
+      return []
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    for i, ids in enumerate(prompt_ids):
+      if not ids:
+        raise ValueError(f"prompt {i} is empty")
+    L = max(_MIN_BUCKET, 1 << (max(len(p) for p in prompt_ids) - 1).bit_length())
+    shards = sharding.batch_divisor(self.mesh)
+    P = -(-len(prompt_ids) // shards) * shards
+    prompt_PxL = np.full((P, L), self.pad_id, np.int32)
+    pad_P = np.full((P,), L - 1, np.int32)  # Filler rows: a single pad token.
+    for row, ids in enumerate(prompt_ids):
+      prompt_PxL[row, L - len(ids):] = ids
+      pad_P[row] = L - len(ids)
+    eos_id, *other_ends = self.eos_ids
+    with sharding.use_mesh(self.mesh):
+      tokens_PxN, length_P = sampler.sample_tokens(
+          self.params, *sharding.shard_batch((prompt_PxL, pad_P), self.mesh), jax.random.key(seed), cfg=self.config,
+          strategy=strategies.make(temperature, top_k, top_p), num_samples=1, max_new_tokens=max_new_tokens,
+          eos_id=eos_id, pad_id=self.pad_id, stop_sequences=tuple((e,) for e in other_ends))
+    tokens_PxN, length_P = jax.device_get((tokens_PxN, length_P))
+    out = []
+    for row in range(len(prompt_ids)):
+      ids = tokens_PxN[row, :length_P[row]].tolist()
+      out.append(ids[:-1] if ids and ids[-1] in self.eos_ids else ids)
+    return out
+
+  def generate(self, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0,
+               top_k: int | None = None, top_p: float | None = None, seed: int = 0, *, chat: bool = False
+               ) -> list[str]:
+    """Completions of `prompts` (greedy at temperature 0). `chat`: each prompt is a user message, wrapped in the
+    tokenizer's chat template with the assistant turn opened."""
+    if self.tokenizer is None:
+      raise ValueError("this LM has no tokenizer; use generate_ids")
+    prompt_ids = [self.prompt_ids(p, chat=chat) for p in prompts]
+    completions = self.generate_ids(prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                    seed=seed)
+    return [self.tokenizer.decode(ids) for ids in completions]
+
+  def prompt_ids(self, prompt: str, *, chat: bool = False) -> list[int]:
+    """The ids fed to the model for `prompt`: BOS where the model expects one, or the chat template's rendering."""
+    tok = self.tokenizer
+    if chat:
+      if not hasattr(tok, "apply_chat_template"):
+        raise ValueError(f"{type(tok).__name__} has no chat template")
+      return tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True))
+    return ([tok.bos_id] if getattr(tok, "add_bos", True) else []) + tok.encode(prompt)
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _forward(params: Any, tokens_BxT: jax.Array, *, cfg: ModelConfig) -> jax.Array:
+  B, T = tokens_BxT.shape
+  positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+  mask_BxTxT = causal_mask(jnp.ones((B, T), jnp.int32))
+  logits_BxTxV, _ = Transformer(cfg).apply({"params": params}, tokens_BxT, positions_BxT, mask_BxTxT)
+  return logits_BxTxV

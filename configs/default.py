@@ -37,10 +37,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       reward="arithmetic",
   ))
 
-  # The base model: a checkpoint directory written by rest_jax.checkpoints ("" = the shipped one for this task).
+  # The base model: a rest_jax checkpoint directory ("" = the shipped one for this task), a Hugging Face checkpoint
+  # directory (config.json + safetensors + tokenizer files) or a .gguf file.
   c.base = ml_collections.ConfigDict()
   c.base.checkpoint = ""
-  c.base.tokenizer = ""  # "" = the shipped SentencePiece model.
+  c.base.tokenizer = ""  # rest_jax checkpoints only: "" = the shipped SentencePiece model.
+  c.base.chat = False  # Render every prompt as a user turn with the model's chat template (instruct models).
+  c.base.dtype = "float32"  # Hugging Face / GGUF checkpoints: parameter and compute dtype.
 
   # How the shipped base model was made (python -m rest_jax.tools.pretrain_base): trained from scratch on the human-
   # written solutions only, as the paper's base model has seen only a small set of human solutions.

@@ -78,6 +78,48 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def _load_base(config: ml_collections.ConfigDict, mesh: Any) -> tuple[ModelConfig, Any, tokenizers.Tokenizer]:
+  """The base model: a rest_jax (Orbax) checkpoint, a Hugging Face checkpoint directory, or a GGUF file."""
+  path = config.base.checkpoint or _asset(DEFAULT_BASE.get(config.task.name, ""))
+  if path.endswith(".gguf") or os.path.isfile(os.path.join(path, "config.json")):
+    from rest_jax import models  # pylint: disable=g-import-not-at-top  (pretrained-model readers load lazily)
+
+    lm = models.load_pretrained(path, mesh=mesh, dtype=config.base.get("dtype", "float32"))
+    return lm.config, lm.params, lm.tokenizer
+  if not checkpoints.exists(path):
+    raise ValueError(f"base.checkpoint: no checkpoint at {path}; give a rest_jax checkpoint (make one with "
+                     f"`python -m rest_jax.tools.pretrain_base`), a Hugging Face directory or a .gguf file")
+  cfg = ModelConfig.from_dict(checkpoints.load_metadata(path)["model_config"])
+  params, _ = checkpoints.load(path, shardings=sharding.param_shardings(cfg, mesh))
+  tokenizer = tokenizers.load(config.base.tokenizer or tokenizers.default_tokenizer_path())
+  if tokenizer.vocab_size > cfg.vocab_size:
+    raise ValueError(f"base.tokenizer: {tokenizer.vocab_size} tokens do not fit the model's vocab_size "
+                     f"{cfg.vocab_size}")
+  return cfg, params, tokenizer
+
+
+class _ChatTokenizer:
+  """The model's tokenizer for prompts already rendered by its chat template (which writes any BOS itself)."""
+
+  add_bos = False
+
+  def __init__(self, tokenizer):
+    self._tokenizer = tokenizer
+
+  def __getattr__(self, name):
+    return getattr(self._tokenizer, name)
+
+
+def _chat_formatted(task: tasks_lib.Task, tokenizer) -> tuple[tasks_lib.Task, Any]:
+  """Every prompt becomes a user turn rendered by the model's chat template (`base.chat`)."""
+  if not hasattr(tokenizer, "apply_chat_template"):
+    raise ValueError(f"base.chat: the base model's tokenizer ({type(tokenizer).__name__}) has no chat template")
+  render = lambda p: dataclasses.replace(
+      p, prompt=tokenizer.apply_chat_template([{"role": "user", "content": p.prompt}], add_generation_prompt=True))
+  splits = {name: [render(p) for p in problems] for name, problems in task.splits.items()}
+  return dataclasses.replace(task, splits=splits), _ChatTokenizer(tokenizer)
+
+
 @dataclasses.dataclass
 class Experiment:
   """Everything one run needs, built once from the config."""
@@ -98,16 +140,9 @@ class Experiment:
     _check_workdir_config(workdir, config)
     task = tasks_lib.get(config.task.name, **config.task.kwargs.to_dict())
     mesh = sharding.make_mesh(**config.mesh.to_dict())
-    base_dir = config.base.checkpoint or _asset(DEFAULT_BASE.get(config.task.name, ""))
-    if not checkpoints.exists(base_dir):
-      raise ValueError(f"base.checkpoint: no checkpoint at {base_dir}; make one with "
-                       f"`python -m rest_jax.tools.pretrain_base --config=... --output={base_dir}`")
-    cfg = ModelConfig.from_dict(checkpoints.load_metadata(base_dir)["model_config"])
-    base_params, _ = checkpoints.load(base_dir, shardings=sharding.param_shardings(cfg, mesh))
-    tokenizer = tokenizers.load(config.base.tokenizer or tokenizers.default_tokenizer_path())
-    if tokenizer.vocab_size > cfg.vocab_size:
-      raise ValueError(f"base.tokenizer: {tokenizer.vocab_size} tokens do not fit the model's vocab_size "
-                       f"{cfg.vocab_size}")
+    cfg, base_params, tokenizer = _load_base(config, mesh)
+    if config.base.get("chat", False):
+      task, tokenizer = _chat_formatted(task, tokenizer)
     sampler = Sampler(cfg, tokenizer, mesh, SamplerConfig(batch_rows=config.sampler.batch_rows,
                                                           prompt_buckets=tuple(config.sampler.prompt_buckets)))
     # Settings first used minutes into a run are checked now.

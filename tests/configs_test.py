@@ -6,15 +6,17 @@ import pathlib
 import re
 import shlex
 
+import jax
 import ml_collections
 import pytest
 
-from rest_jax import checkpoints
+
 from rest_jax import experiment
 from rest_jax import main
 from rest_jax import rewards
 from rest_jax import tasks
 from rest_jax import tokenizers
+from rest_jax.model import sharding
 from rest_jax.model.transformer import ModelConfig
 from rest_jax.sampling import SamplerConfig, strategies
 from rest_jax.training import TrainConfig, make_examples
@@ -77,23 +79,23 @@ def test_config_builds_valid_objects(path, mode):
   assert config.eval.train_subset <= len(task.split("train"))
   assert config.eval.val_size <= len(task.split("val"))
 
+  # The base model loads (a rest_jax checkpoint, a Hugging Face directory or a GGUF file) with its tokenizer.
+  model_config, _, tokenizer = experiment._load_base(config, sharding.make_mesh(devices=jax.devices()[:1]))
+  assert tokenizer.vocab_size <= model_config.vocab_size
+  if config.base.get("chat", False):
+    task, tokenizer = experiment._chat_formatted(task, tokenizer)
+  if not config.base.checkpoint:  # The shipped base is the model `pretrain` describes.
+    assert model_config == ModelConfig(vocab_size=tokenizer.vocab_size, **config.pretrain.model)
+    TrainConfig(**{**config.train, **config.pretrain.train})
+
   # Every prompt fits a prompt bucket, and every SFT example fits a training row, or the run fails midway.
   SamplerConfig(batch_rows=config.sampler.batch_rows, prompt_buckets=tuple(config.sampler.prompt_buckets))
-  tokenizer = tokenizers.load(config.base.tokenizer or tokenizers.default_tokenizer_path())
-  longest_prompt = max(1 + len(tokenizer.encode(p.prompt)) for split in task.splits for p in task.split(split))
+  prefix = len(tokenizers.prefix_ids(tokenizer))
+  longest_prompt = max(prefix + len(tokenizer.encode(p.prompt)) for split in task.splits for p in task.split(split))
   assert longest_prompt <= max(config.sampler.prompt_buckets)
   human = task.split("human")
   examples = make_examples(tokenizer, [p.prompt for p in human], [p.solution for p in human])
   assert max(len(e) for e in examples) <= config.train.seq_len
-
-  # The base model: the shipped one is the model `pretrain` describes.
-  base = config.base.checkpoint or experiment._asset(experiment.DEFAULT_BASE[config.task.name])
-  assert checkpoints.exists(base), base
-  model_config = ModelConfig.from_dict(checkpoints.load_metadata(base)["model_config"])
-  assert tokenizer.vocab_size <= model_config.vocab_size
-  if not config.base.checkpoint:
-    assert model_config == ModelConfig(vocab_size=tokenizer.vocab_size, **config.pretrain.model)
-    TrainConfig(**{**config.train, **config.pretrain.train})
 
 
 @pytest.mark.parametrize("path", _CONFIG_FILES, ids=lambda p: p.stem)

@@ -188,6 +188,7 @@ class Experiment:
     test = next((r for r in self.log.evals() if (r["method"], r["iteration"], r["split"]) == (method, iteration,
                                                                                             "test")), None)
     reporting.log_stage(method, iteration, "eval", wall, **({"test_pass@1": test["pass@1"]} if test else {}))
+    self.report()  # Kept current, so an interrupted run has a report of what it finished.
 
   def val_fn(self, method: str, iteration: int):
     problems = list(self.task.split("val"))[:self.config.eval.val_size]
@@ -334,7 +335,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
   try:
     if config.rest.sft_human_baseline:
       exp.sft_human()
-      exp.report()
     getattr(exp, config.rest.algorithm)()
     path = exp.report()
     logging.info("rest_jax: report at %s", path)

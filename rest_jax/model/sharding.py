@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from rest_jax.model import transformer
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical axis name -> mesh axes. Parameter axes first, then activation and cache axes.
@@ -87,26 +89,28 @@ def shard_batch(tree: Any, mesh: Mesh) -> Any:
   return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x))), tree)
 
 
-def _abstract_init(cfg):
-  from rest_jax.model import transformer  # pylint: disable=g-import-not-at-top
-
+def _init_fn(cfg):
+  """rng -> the model's parameters, boxed with their logical axes."""
   model = transformer.Transformer(cfg)
   tokens_BxT = jax.numpy.zeros((1, 1), np.int32)
   mask_BxTxS = jax.numpy.ones((1, 1, 1), np.bool_)
-  return model, lambda rng: model.init(rng, tokens_BxT, tokens_BxT, mask_BxTxS)["params"]
+  return lambda rng: model.init(rng, tokens_BxT, tokens_BxT, mask_BxTxS)["params"]
+
+
+def abstract_params(cfg: Any, *, boxed: bool = True) -> Any:
+  """Shapes and dtypes of the model's parameters (no compute), boxed with their logical axes unless `boxed=False`."""
+  params = jax.eval_shape(_init_fn(cfg), jax.random.key(0))
+  return params if boxed else nn.unbox(params)
 
 
 def param_shardings(cfg: Any, mesh: Mesh) -> Any:
   """NamedShardings of the model's parameters, from the logical axes each parameter declares."""
-  _, init = _abstract_init(cfg)
-  boxed = jax.eval_shape(init, jax.random.key(0))
-  return logical_sharding(nn.get_partition_spec(boxed), mesh)
+  return logical_sharding(nn.get_partition_spec(abstract_params(cfg)), mesh)
 
 
 def train_state_shardings(cfg: Any, mesh: Mesh, tx: Any) -> tuple[Any, Any]:
   """(param, optimizer-state) shardings: optimizer moments are sharded exactly like their parameters."""
-  _, init = _abstract_init(cfg)
-  boxed = jax.eval_shape(init, jax.random.key(0))
+  boxed = abstract_params(cfg)
   # Initialising the optimizer on the boxed (logically annotated) params keeps the annotations on its moments;
   # scalars such as Adam's step count have none and are replicated.
   opt_state = jax.eval_shape(tx.init, boxed)
@@ -116,7 +120,7 @@ def train_state_shardings(cfg: Any, mesh: Mesh, tx: Any) -> tuple[Any, Any]:
 
 def init_params(cfg: Any, mesh: Mesh, rng: jax.Array) -> Any:
   """Initialises parameters directly in their shards: shapes first, then a jitted init with out_shardings."""
-  _, init = _abstract_init(cfg)
+  init = _init_fn(cfg)
   shardings = param_shardings(cfg, mesh)
   with use_mesh(mesh):
     return jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)

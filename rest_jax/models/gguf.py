@@ -12,7 +12,6 @@ from collections.abc import Mapping
 import os
 from typing import Any
 
-import flax.linen as nn
 import gguf
 import jax
 import jax.numpy as jnp
@@ -20,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rest_jax.model import sharding
-from rest_jax.model.transformer import ModelConfig, Transformer
+from rest_jax.model.transformer import ModelConfig
 from rest_jax.models.gguf_tokenizer import GGUFTokenizer
 
 # Llama covers the Llama 2 / 3 family, SmolLM2 and Mistral, which llama.cpp's converter files as "llama".
@@ -161,7 +160,7 @@ def load_gguf(path: str, *, mesh: Mesh | None = None, dtype: str = "float32"
     raise ValueError(f"GGUF tokenizer has {tokenizer.vocab_size} tokens but token_embd.weight only {cfg.vocab_size}")
   mesh = sharding.make_mesh() if mesh is None else mesh
   shardings = sharding.param_shardings(cfg, mesh)
-  abstract = _abstract_params(cfg)
+  abstract = sharding.abstract_params(cfg, boxed=False)
   # llama.cpp runs Llama with pair-order RoPE, so its converter permuted q/k; Qwen2 it runs with half order as is.
   rope_permuted = metadata["general.architecture"] == "llama"
 
@@ -181,13 +180,6 @@ def load_gguf(path: str, *, mesh: Mesh | None = None, dtype: str = "float32"
     raise ValueError(f"GGUF tensors {unused[:5]}{'...' if len(unused) > 5 else ''} have no rest_jax parameter")
   params = jax.tree_util.tree_map_with_path(place, abstract, shardings)
   return cfg, params, tokenizer, {k: v for k, v in metadata.items() if k not in _TOKENIZER_ARRAYS}
-
-
-def _abstract_params(cfg: ModelConfig) -> Any:
-  tokens_BxT = jnp.zeros((1, 1), jnp.int32)
-  mask_BxTxS = jnp.ones((1, 1, 1), bool)
-  init = lambda rng: nn.unbox(Transformer(cfg).init(rng, tokens_BxT, tokens_BxT, mask_BxTxS)["params"])
-  return jax.eval_shape(init, jax.random.key(0))
 
 
 def _used_tensor_names(abstract: Any, cfg: ModelConfig, rope_permuted: bool) -> set[str]:

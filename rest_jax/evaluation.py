@@ -83,25 +83,39 @@ def majority_vote(answers: Sequence[str | None]) -> str | None:
 
 def maj_at_k(
     answers: Sequence[Sequence[str | None]],
-    references: Sequence[str],
+    references: Sequence[str | None] | None,
     k: int,
+    *,
+    rewards: Sequence[Sequence[float]] | None = None,
+    threshold: float = 1.0,
 ) -> float:
   """maj@k: accuracy of a majority vote over k samples.
 
   Each problem's n samples are cut into floor(n / k) disjoint consecutive
   groups of k (a remainder is unused); each group votes, and a vote scores 1
-  when it equals the reference. Scores are averaged over a problem's groups,
-  then over problems, so problems weigh equally whatever their n.
+  when it is correct. Scores are averaged over a problem's groups, then over
+  problems, so problems weigh equally whatever their n.
+
+  A vote is correct when it equals the problem's reference string or, where
+  there is no reference (`references` None, or a None entry), when the first
+  sample of the group that cast the winning answer has reward >= `threshold`.
+  The second form lets the task's own reward judge the vote: "0.5" wins for a
+  reference "\\frac{1}{2}", a program wins when it passes the tests.
 
   Args:
     answers: per problem, the extracted answers of its samples in sampling
       order.
-    references: per problem, the reference answer.
+    references: per problem, the reference answer or None; None for all.
     k: group size, 1 <= k <= n for every problem.
+    rewards: per problem, the rewards of its samples (needed for problems
+      without a reference).
+    threshold: a reward >= threshold counts as correct.
 
   Returns:
     The mean score in [0, 1].
   """
+  if references is None:
+    references = [None] * len(answers)
   if len(answers) != len(references):
     raise ValueError(
         f"maj_at_k: answers has {len(answers)} problems but references has"
@@ -111,6 +125,11 @@ def maj_at_k(
     raise ValueError("maj_at_k: answers is empty")
   if k < 1:
     raise ValueError(f"maj_at_k: k must be >= 1, got k={k}")
+  if rewards is not None and len(rewards) != len(answers):
+    raise ValueError(
+        f"maj_at_k: answers has {len(answers)} problems but rewards has"
+        f" {len(rewards)}"
+    )
   per_problem = []
   for index, (sample_answers, reference) in enumerate(
       zip(answers, references)
@@ -120,10 +139,23 @@ def maj_at_k(
       raise ValueError(
           f"maj_at_k: problem {index} has n={n} samples, fewer than k={k}"
       )
-    groups = [sample_answers[g * k:(g + 1) * k] for g in range(n // k)]
-    per_problem.append(
-        np.mean([majority_vote(group) == reference for group in groups])
-    )
+    if reference is None and rewards is None:
+      raise ValueError(
+          f"maj_at_k: problem {index} has no reference and no rewards were"
+          " given"
+      )
+    scores = []
+    for g in range(n // k):
+      group = sample_answers[g * k:(g + 1) * k]
+      vote = majority_vote(group)
+      if reference is not None:
+        scores.append(vote == reference)
+      elif vote is None:
+        scores.append(False)
+      else:
+        first = g * k + list(group).index(vote)
+        scores.append(rewards[index][first] >= threshold)
+    per_problem.append(np.mean(scores))
   return float(np.mean(per_problem))
 
 
@@ -132,7 +164,7 @@ def summarize(
     greedy_rewards: Sequence[float],
     sample_rewards: Sequence[Sequence[float]],
     sample_answers: Sequence[Sequence[str | None]],
-    references: Sequence[str],
+    references: Sequence[str | None] | None = None,
     ks: Sequence[int] = (),
     threshold: float = 1.0,
 ) -> dict[str, float | int]:
@@ -147,7 +179,8 @@ def summarize(
     sample_rewards: rewards of the sampled completions.
     sample_answers: extracted answers of the sampled completions, None where
       extraction failed.
-    references: reference answers, compared to votes for maj@K.
+    references: reference answers, compared to votes for maj@K; None (or a
+      None entry) lets the rewards judge the vote (see `maj_at_k`).
     ks: the K values to report pass@K and maj@K for; each must be <= the
       sample count of every problem.
     threshold: a reward >= threshold counts as correct.
@@ -168,7 +201,7 @@ def summarize(
       ("sample_answers", sample_answers),
       ("references", references),
   ):
-    if len(field) != num_problems:
+    if field is not None and len(field) != num_problems:
       raise ValueError(
           f"summarize: {name} has {len(field)} problems but greedy_rewards has"
           f" {num_problems}"
@@ -203,7 +236,10 @@ def summarize(
       metrics[f"pass@{k}"] = float(np.mean(
           [pass_at_k(n, c, k) for n, c in zip(num_samples, num_correct)]
       ))
-    metrics[f"maj@{k}"] = maj_at_k(sample_answers, references, k)
+    metrics[f"maj@{k}"] = maj_at_k(
+        sample_answers, references, k, rewards=sample_rewards,
+        threshold=threshold,
+    )
   metrics["sample_accuracy"] = float(
       np.mean([c / n for n, c in zip(num_samples, num_correct)])
   )

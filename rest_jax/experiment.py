@@ -34,7 +34,8 @@ from rest_jax.model.transformer import ModelConfig
 from rest_jax.sampling import Sampler, SamplerConfig, strategies
 from rest_jax.training import TrainConfig, make_examples, train
 
-DEFAULT_BASE = {"arithmetic": "arithmetic_base"}  # Shipped base checkpoints under rest_jax/assets/.
+# Shipped base checkpoints under rest_jax/assets/, by task.
+DEFAULT_BASE = {"arithmetic": "arithmetic_base", "list_programs": "list_programs_base"}
 
 
 def _seed(config: ml_collections.ConfigDict, *parts: Any) -> int:
@@ -91,7 +92,7 @@ def _load_base(config: ml_collections.ConfigDict, mesh: Any) -> tuple[ModelConfi
                      f"`python -m rest_jax.tools.pretrain_base`), a Hugging Face directory or a .gguf file")
   cfg = ModelConfig.from_dict(checkpoints.load_metadata(path)["model_config"])
   params, _ = checkpoints.load(path, shardings=sharding.param_shardings(cfg, mesh))
-  tokenizer = tokenizers.load(config.base.tokenizer or tokenizers.default_tokenizer_path())
+  tokenizer = tokenizers.load(config.base.tokenizer or tokenizers.default_tokenizer_path(config.task.name))
   if tokenizer.vocab_size > cfg.vocab_size:
     raise ValueError(f"base.tokenizer: {tokenizer.vocab_size} tokens do not fit the model's vocab_size "
                      f"{cfg.vocab_size}")

@@ -68,9 +68,9 @@ def evaluate(sampler: Sampler, params: Any, task: tasks_lib.Task, problems: Sequ
     return {"pass@1": float(np.mean(greedy.rewards[:, 0] >= correct_threshold)), "num_problems": len(problems)}
   sampled = generate_and_score(sampler, params, problems, num_samples=num_samples, strategy=sample_strategy,
                                seed=seed + 1, desc=f"{desc} sampled", **kw)
-  # maj@K compares votes with the canonical answer column of the task.
-  references = [str(p.fields.get("answer", "")) for p in problems]
+  # maj@K: the task's reward judges the winning answer (through the first sample that gave it), so equivalent
+  # forms of an answer ("0.5" for "\\frac{1}{2}") and programs, which have no reference string, are judged right.
   return evaluation.summarize(
       greedy_rewards=greedy.rewards[:, 0].tolist(), sample_rewards=sampled.rewards.tolist(),
-      sample_answers=[[task.extract_answer(c) for c in cs] for cs in sampled.completions], references=references,
+      sample_answers=[[task.extract_answer(c) for c in cs] for cs in sampled.completions],
       ks=tuple(ks), threshold=correct_threshold)

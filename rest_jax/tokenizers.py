@@ -96,6 +96,13 @@ def load(path: str) -> Tokenizer:
   )
 
 
-def default_tokenizer_path() -> str:
-  """Returns the path of the shipped arithmetic SentencePiece model."""
+# The shipped SentencePiece model of each embedded task (rest_jax.tools.train_tokenizer); other tasks use the
+# arithmetic one unless the config names a tokenizer.
+_TASK_MODELS = {"list_programs": "list_programs_sp.model"}
+
+
+def default_tokenizer_path(task: str = "arithmetic") -> str:
+  """Returns the path of the shipped SentencePiece model for embedded task `task`."""
+  if task in _TASK_MODELS:
+    return os.path.join(os.path.dirname(_DEFAULT_MODEL), _TASK_MODELS[task])
   return _DEFAULT_MODEL

@@ -224,3 +224,19 @@ def test_difficulty_bins_rejects_bad_input():
     evaluation.difficulty_bins([float("nan")])
   with pytest.raises(ValueError, match="strictly increasing"):
     evaluation.difficulty_bins([0.5], edges=(0, 0.5, 0.5, 1))
+
+
+def test_maj_at_k_judged_by_rewards_without_references():
+  # The winning answer of each group is judged by the reward of the first sample that gave it.
+  answers = [["0.5", "1/2", "0.5", "3"], ["x", "y", "y", "x"], [None, None, "a", "a"]]
+  rewards = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 1.0, 1.0]]
+  # k=2 groups: ("0.5","1/2")->"0.5" ok, ("0.5","3")->"0.5" ok; ("x","y")->"x" no, ("y","x")->"y" ok;
+  # (None, None) -> no vote, ("a","a") ok.
+  assert evaluation.maj_at_k(answers, None, 2, rewards=rewards) == pytest.approx((1 + 0.5 + 0.5) / 3)
+  # k=4: "0.5" ok; tie "x"/"y" -> "x" (first seen) no; "a" ok.
+  assert evaluation.maj_at_k(answers, None, 4, rewards=rewards) == pytest.approx(2 / 3)
+  # A reference, where given, decides instead of the rewards.
+  assert evaluation.maj_at_k(answers, [None, "x", None], 4, rewards=rewards) == pytest.approx(1.0)
+  assert evaluation.maj_at_k(answers, None, 4, rewards=rewards, threshold=2.0) == 0.0
+  with pytest.raises(ValueError, match="no reference and no rewards"):
+    evaluation.maj_at_k(answers, None, 2)

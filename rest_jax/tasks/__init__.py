@@ -2,6 +2,7 @@
 
 from rest_jax.tasks import arithmetic as _arithmetic  # Registers "arithmetic".
 from rest_jax.tasks import word_problems as _word_problems  # Registers "word_problems".
+from rest_jax.tasks import list_programs as _list_programs  # Registers "list_programs".
 from rest_jax.tasks.base import Problem
 from rest_jax.tasks.base import reward_fields
 from rest_jax.tasks.base import Task

@@ -24,7 +24,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoi
 
 def pretrain(config, output: str, overwrite: bool = False) -> dict:
   task = tasks.get(config.task.name, **config.task.kwargs.to_dict())
-  tokenizer = tokenizers.load(config.base.tokenizer or tokenizers.default_tokenizer_path())
+  tokenizer = tokenizers.load(config.base.tokenizer or tokenizers.default_tokenizer_path(config.task.name))
   cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **config.pretrain.model.to_dict())
   mesh = sharding.make_mesh(**config.mesh.to_dict())
   params = sharding.init_params(cfg, mesh, jax.random.key(config.seed))

@@ -1,7 +1,13 @@
-r"""Trains the SentencePiece tokenizer shipped for the arithmetic task.
+r"""Trains the SentencePiece tokenizers shipped for the embedded tasks.
 
   python -m rest_jax.tools.train_tokenizer \
       --output=rest_jax/assets/arithmetic_sp.model
+  python -m rest_jax.tools.train_tokenizer --task_config=configs/code_default.py \
+      --vocab_size=256 --output=rest_jax/assets/list_programs_sp.model
+
+Without --task_config the corpus is the default arithmetic task; with it, every
+problem of the config's task (prompt, plus the worked solution where the split
+has one).
 
 Training is deterministic: the corpus is every split of the default arithmetic
 task (transfer-length problems included), each problem written out as prompt
@@ -18,8 +24,10 @@ import os
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 import sentencepiece as spm
 
+from rest_jax import tasks
 from rest_jax.tasks import arithmetic
 
 # The arithmetic corpus runs out of merges at 56 pieces ("Compute", "Answer"
@@ -32,6 +40,9 @@ _VOCAB_SIZE = flags.DEFINE_integer(
     "vocab_size", DEFAULT_VOCAB_SIZE, "Most pieces, special ones included."
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the arithmetic task corpus.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "task_config", None, "Experiment config whose task is the corpus (default: the arithmetic task)."
+)
 
 
 def arithmetic_corpus(seed: int = 0) -> list[str]:
@@ -39,6 +50,15 @@ def arithmetic_corpus(seed: int = 0) -> list[str]:
   task = arithmetic.get_task(seed=seed)
   return [
       problem.prompt + arithmetic.worked_solution(problem.prompt)
+      for problems in task.splits.values()
+      for problem in problems
+  ]
+
+
+def task_corpus(task: tasks.Task) -> list[str]:
+  """Prompt (+ worked solution where there is one) of each problem of `task`."""
+  return [
+      problem.prompt + (problem.solution or "")
       for problems in task.splits.values()
       for problem in problems
   ]
@@ -86,8 +106,13 @@ def train(
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None:
+    corpus = arithmetic_corpus(_SEED.value)
+  else:
+    task_config = _CONFIG.value.task
+    corpus = task_corpus(tasks.get(task_config.name, **task_config.kwargs.to_dict()))
   train(
-      arithmetic_corpus(_SEED.value),
+      corpus,
       _OUTPUT.value,
       vocab_size=_VOCAB_SIZE.value,
   )

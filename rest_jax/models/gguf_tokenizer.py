@@ -4,14 +4,18 @@ A GGUF file carries its vocabulary as metadata: `tokenizer.ggml.tokens` (id -> p
 (BPE merge rules, "left right"), `tokenizer.ggml.token_type` (llama.cpp's `llama_token_type`: 1 normal, 3 control,
 4 user-defined, ...), the special ids, the pre-tokenizer name (`tokenizer.ggml.pre`) and `tokenizer.chat_template`.
 Byte-level BPE (`tokenizer.ggml.model == "gpt2"`: SmolLM2, Llama 3, Qwen2) is supported.
+
+`GGUFTokenizer.save` writes it as Hugging Face tokenizer files (`tokenizer.json`, `tokenizer_config.json`,
+`special_tokens_map.json`), so an exported model's `transformers.AutoTokenizer` gives the same ids and chat prompts.
 """
 
 from collections.abc import Mapping, Sequence
 import json
+import os
 from typing import Any
 
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers
+from tokenizers import decoders, models, pre_tokenizers, processors
 
 _CONTROL, _USER_DEFINED = 3, 4
 
@@ -61,6 +65,8 @@ class GGUFTokenizer:
     self.eos_id: int = self._special_id(metadata, "eos")
     # Without a padding token the sampler pads with EOS, which it masks anyway.
     self.pad_id: int = self._special_id(metadata, "padding", default=self.eos_id)
+    unk_id = metadata.get("tokenizer.ggml.unknown_token_id")
+    self.unk_id: int | None = None if unk_id is None else self._special_id(metadata, "unknown")
 
     bpe = models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=merges, fuse_unk=False)
     self._tokenizer = tokenizers.Tokenizer(bpe)
@@ -75,6 +81,9 @@ class GGUFTokenizer:
         if t == _USER_DEFINED])
     self.chat_template: str | None = metadata.get("tokenizer.chat_template")
     self.add_bos: bool = bool(metadata.get("tokenizer.ggml.add_bos_token", False))
+    self.add_eos: bool = bool(metadata.get("tokenizer.ggml.add_eos_token", False))
+    context_length = metadata.get(f"{metadata.get('general.architecture')}.context_length")
+    self.model_max_length: int | None = None if context_length is None else int(context_length)
 
   def _special_id(self, metadata: Mapping[str, Any], name: str, default: int | None = None) -> int:
     token_id = metadata.get(f"tokenizer.ggml.{name}_token_id", default)
@@ -118,6 +127,43 @@ class GGUFTokenizer:
     return env.from_string(self.chat_template).render(
         messages=list(messages), add_generation_prompt=add_generation_prompt,
         bos_token=self.id_to_piece(self.bos_id), eos_token=self.id_to_piece(self.eos_id))
+
+  def save(self, directory: str) -> list[str]:
+    """Writes Hugging Face tokenizer files to `directory` (created if needed); returns their names.
+
+    `transformers.AutoTokenizer.from_pretrained(directory)` then encodes, decodes and renders chat prompts as this
+    tokenizer does; `add_special_tokens=True` there adds BOS / EOS exactly where the GGUF file asks for them.
+    """
+    os.makedirs(directory, exist_ok=True)
+    tokenizer = tokenizers.Tokenizer.from_str(self._tokenizer.to_str())  # A copy: the post-processor is export-only.
+    bos, eos = self.id_to_piece(self.bos_id), self.id_to_piece(self.eos_id)
+    if self.add_bos or self.add_eos:  # For users of tokenizer.json alone; transformers follows `add_*_token` below.
+      wrap = lambda seq, type_id: ([f"{bos}:{type_id}"] * self.add_bos + [f"{seq}:{type_id}"]
+                                   + [f"{eos}:{type_id}"] * self.add_eos)
+      used = {bos: self.bos_id} if self.add_bos else {}
+      used.update({eos: self.eos_id} if self.add_eos else {})
+      tokenizer.post_processor = processors.TemplateProcessing(
+          single=wrap("$A", 0), pair=wrap("$A", 0) + wrap("$B", 1), special_tokens=list(used.items()))
+    tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    special = {"bos_token": bos, "eos_token": eos, "pad_token": self.id_to_piece(self.pad_id)}
+    if self.unk_id is not None:
+      special["unk_token"] = self.id_to_piece(self.unk_id)
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",  # Loads tokenizer.json as is; model classes rebuild their own.
+        **special,
+        "add_bos_token": self.add_bos,
+        "add_eos_token": self.add_eos,
+        "clean_up_tokenization_spaces": False,  # `decode` keeps spaces before punctuation, as this tokenizer does.
+    }
+    if self.model_max_length is not None:
+      config["model_max_length"] = self.model_max_length
+    if self.chat_template is not None:
+      config["chat_template"] = self.chat_template
+    files = {"tokenizer_config.json": config, "special_tokens_map.json": special}
+    for name, content in files.items():
+      with open(os.path.join(directory, name), "w") as f:
+        json.dump(content, f, indent=2, ensure_ascii=False)
+    return ["tokenizer.json", *files]
 
   def __repr__(self) -> str:
     return f"GGUFTokenizer(vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id}, pad={self.pad_id})"

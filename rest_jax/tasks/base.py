@@ -42,6 +42,10 @@ class Task:
     extract_answer: Final answer of a completion, for majority voting; None
       if the completion has none.
     stop_strings: Strings that end a completion besides EOS.
+    graders: Split name -> the task whose reward, answer extraction and stop
+      strings grade that split, for splits taken from another task (transfer
+      evaluation, e.g. HumanEval after self-training on APPS); other splits
+      are graded by this task.
   """
 
   name: str
@@ -49,6 +53,11 @@ class Task:
   splits: Mapping[str, Sequence[Problem]]
   extract_answer: Callable[[str], str | None]
   stop_strings: tuple[str, ...] = ()
+  graders: Mapping[str, "Task"] = dataclasses.field(default_factory=dict)
+
+  def grading(self, split: str) -> "Task":
+    """The task that grades split `split`: this one, or the task a transfer split came from."""
+    return self.graders.get(split, self)
 
   def split(self, name: str) -> Sequence[Problem]:
     """Returns the problems of split `name`."""
@@ -58,6 +67,15 @@ class Task:
           f" {', '.join(self.splits)}"
       )
     return self.splits[name]
+
+
+def with_transfer_split(task: Task, split: str, source: Task, source_split: str = "test") -> Task:
+  """`task` plus split `split`: the problems of `source`'s split `source_split`, graded by `source`."""
+  if split in task.splits:
+    raise ValueError(f"task {task.name!r} already has a split {split!r}; name the transfer split differently")
+  problems = source.split(source_split)
+  grader = dataclasses.replace(source, splits={}, graders={})
+  return dataclasses.replace(task, splits={**task.splits, split: problems}, graders={**task.graders, split: grader})
 
 
 def reward_fields(problems: Sequence[Problem]) -> dict[str, list[Any]]:

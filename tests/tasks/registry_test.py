@@ -1,5 +1,6 @@
 """Tests for the task registry and the task interface."""
 
+import ml_collections
 import pytest
 
 from rest_jax import tasks
@@ -65,3 +66,24 @@ def test_reward_fields_reject_mismatched_keys():
   ]
   with pytest.raises(ValueError, match="problem 'b' has fields"):
     tasks.reward_fields(problems)
+
+
+def test_from_config_adds_transfer_splits_graded_by_their_own_task():
+  small = dict(num_human=4, num_train=4, num_val=2, num_test=3, num_transfer=2)
+  config = ml_collections.ConfigDict(dict(
+      name="arithmetic", kwargs=dict(seed=0, **small),
+      transfer={"programs": dict(name="list_programs", kwargs=dict(seed=1, **small))}))
+  task = tasks.from_config(config)
+  programs = tasks.get("list_programs", seed=1, **small)
+  assert task.split("programs") == programs.split("test")
+  assert task.grading("programs").reward == "humaneval"
+  assert task.grading("programs").stop_strings == programs.stop_strings
+  assert task.grading("test") is task and task.reward == "arithmetic"
+  assert tasks.from_config(ml_collections.ConfigDict(dict(name="arithmetic", kwargs=dict(seed=0, **small)))).graders == {}
+
+  config.transfer = {"test": dict(name="list_programs", kwargs=dict(seed=1, **small))}
+  with pytest.raises(ValueError, match="already has a split 'test'"):
+    tasks.from_config(config)
+  config.transfer = {"programs": dict(kwargs={})}
+  with pytest.raises(ValueError, match="task.transfer.programs: needs 'name'"):
+    tasks.from_config(config)

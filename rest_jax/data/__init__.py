@@ -23,7 +23,8 @@ def load(name: str, path: str | os.PathLike[str], *, data_dir: str | None = None
 
   Args:
     name: One of `names()`: "apps", "gsm8k", "math", "math500", "mbpp", "mbpp_sanitized".
-    path: Where the upstream files are (see `rest_jax.data.readers`).
+    path: Where the upstream files are (see `rest_jax.data.readers`), or "fixture:" for the project's small fixture
+      of the data set in its upstream format (`rest_jax.data.fixtures`; for smoke runs of real-data configs).
     data_dir: Cache root; defaults to `$REST_JAX_DATA_DIR`, else `~/.cache/rest_jax/tfds`.
 
   Returns:

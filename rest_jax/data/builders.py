@@ -205,10 +205,36 @@ def read(source: readers.Source, build_dir: str) -> dict[str, list[dict[str, Any
   return {split: splits[split] for split in source.readers}
 
 
+FIXTURE_PATH = "fixture:"
+
+
 def load(name: str, path: str, *, data_dir: str | None = None) -> dict[str, list[dict[str, Any]]]:
   """See `rest_jax.data.load`."""
+  data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+  if path == FIXTURE_PATH:
+    path = _fixture_source(name, data_dir)
   source = readers.locate(name, path)
-  return read(source, build(source, os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))))
+  return read(source, build(source, data_dir))
+
+
+def _fixture_source(name: str, data_dir: str) -> str:
+  """The project's small fixture of `name` (for smoke runs of real-data configs), written once under `data_dir`."""
+  from rest_jax.data import fixtures  # pylint: disable=g-import-not-at-top  (only smoke runs need it)
+
+  root = os.path.join(data_dir, "fixtures", name)
+  done = os.path.join(root, ".path")
+  if not os.path.exists(done):
+    os.makedirs(os.path.dirname(root), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(root))
+    relative = os.path.relpath(fixtures.write(name, staging), staging)
+    with open(os.path.join(staging, ".path"), "w") as f:
+      f.write(relative)
+    try:
+      os.rename(staging, root)
+    except OSError:  # Another process wrote it first: theirs is identical.
+      shutil.rmtree(staging, ignore_errors=True)
+  with open(done) as f:
+    return os.path.join(root, f.read())
 
 
 def _feature(kind: Any) -> tfds.features.FeatureConnector:

@@ -1,10 +1,13 @@
-"""Program synthesis from English: write `solve(xs)` for a described pipeline over a list of integers.
+'''Program synthesis from English: write `solve(xs)` for a described pipeline over a list of integers.
 
 The embedded code task (configs/code_default.py). A problem describes 1-4 list transformations and a final reduction;
 the model writes the body of `solve`, and the sandboxed `humaneval` reward runs it on hidden inputs:
 
-  prompt:    "# keep numbers greater than 3, multiply each by 2, return the sum\\ndef solve(xs):\\n"
-  solution:  "    xs = [x for x in xs if x > 3]\\n    xs = [x * 2 for x in xs]\\n    return sum(xs)\\n"
+  prompt:    def solve(xs):
+                 """keep numbers greater than 3, multiply each by 2, return the sum"""
+  solution:      xs = [x for x in xs if x > 3]
+                 xs = [x * 2 for x in xs]
+                 return sum(xs)
 
 Any program that computes the right values passes (the order of commuting steps, other idioms), since the verdict
 comes from running the tests, not from comparing text. The hidden tests are computed by a trusted Python
@@ -13,7 +16,7 @@ interpretation of the step list (`run_pipeline`), never by executing text.
 Splits: "human" (with the canonical program), "train", "val", "test", and "transfer" (longer pipelines than any
 training problem). No description appears twice in the task; each split draws from its own seeded stream, evaluation
 splits first, so the test set does not change with the training sizes.
-"""
+'''
 
 from collections.abc import Callable, Sequence
 import dataclasses
@@ -24,7 +27,6 @@ from rest_jax.tasks import base
 from rest_jax.tasks import registry
 
 ENTRY_POINT = "solve"
-_HEADER = f"def {ENTRY_POINT}(xs):\n"
 _SPLIT_SEED_INDEX = {"human": 0, "train": 1, "val": 2, "test": 3, "transfer": 4}
 _GENERATION_ORDER = ("test", "val", "transfer", "human", "train")
 _SPLIT_ORDER = ("human", "train", "val", "test", "transfer")
@@ -84,7 +86,8 @@ def run_pipeline(steps: Sequence[Step], xs: Sequence[int]) -> object:
 
 
 def format_prompt(steps: Sequence[Step]) -> str:
-  return "# " + ", ".join(step.phrase for step in steps) + "\n" + _HEADER
+  """The signature and the description as its docstring: valid Python on its own, as HumanEval prompts are."""
+  return f'def {ENTRY_POINT}(xs):\n    """' + ", ".join(step.phrase for step in steps) + '"""\n'
 
 
 def format_solution(steps: Sequence[Step]) -> str:
@@ -107,6 +110,19 @@ def _draw_steps(rng: np.random.Generator, num_transforms: int) -> list[Step]:
     steps.append(pool[int(rng.integers(len(pool)))])
   steps.append(_REDUCTIONS[int(rng.integers(len(_REDUCTIONS)))])
   return steps
+
+
+def _every_step_matters(steps: Sequence[Step], inputs: Sequence[Sequence[int]]) -> bool:
+  """Whether leaving out any one transformation changes some hidden test's result.
+
+  Otherwise a program could skip that step and pass ("sort the list, return the sum"): such problems are redrawn.
+  """
+  expected = [run_pipeline(steps, xs) for xs in inputs]
+  for i in range(len(steps) - 1):
+    shorter = [*steps[:i], *steps[i + 1:]]
+    if [run_pipeline(shorter, xs) for xs in inputs] == expected:
+      return False
+  return True
 
 
 def _draw_inputs(rng: np.random.Generator, num_tests: int, max_len: int) -> list[list[int]]:
@@ -161,8 +177,10 @@ def get_task(*, seed: int = 0, num_human: int = 500, num_train: int = 2000, num_
       prompt = format_prompt(steps)
       if prompt in taken:
         continue
-      taken.add(prompt)
       inputs = _draw_inputs(rng, num_tests, max_list_len)
+      if not _every_step_matters(steps, inputs):
+        continue
+      taken.add(prompt)
       problems.append(base.Problem(
           id=f"{split}/{len(problems):06d}", prompt=prompt,
           fields={"prompt": prompt, "test": _check_function(steps, inputs), "entry_point": ENTRY_POINT},

@@ -483,3 +483,15 @@ def test_tensorflow_is_never_imported(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.split() == ["no", "tf", "True"]
   assert not marker.exists()
+
+
+def test_fixture_path_loads_the_projects_fixture(tmp_path):
+  from rest_jax import data  # pylint: disable=g-import-not-at-top
+  from rest_jax.data import fixtures  # pylint: disable=g-import-not-at-top
+
+  via_scheme = data.load("gsm8k", "fixture:", data_dir=str(tmp_path / "cache"))
+  direct = data.load("gsm8k", fixtures.write("gsm8k", tmp_path / "written"), data_dir=str(tmp_path / "cache2"))
+  assert via_scheme == direct and via_scheme["test"]
+  # Written once: a second load reuses the same files.
+  assert data.load("gsm8k", "fixture:", data_dir=str(tmp_path / "cache")) == via_scheme
+  assert sorted(p.name for p in (tmp_path / "cache" / "fixtures").iterdir()) == ["gsm8k"]

@@ -1,0 +1,123 @@
+"""The paper's MATH experiment (Singh et al. 2023, sec. 5): ReST-EM on Hendrycks MATH, transfer to GSM8K.
+
+  python -m rest_jax.main --config=configs/paper_math.py --workdir=runs/math_gemma2b
+  python -m rest_jax.main --config=configs/paper_math.py:gemma7b --workdir=runs/math_gemma7b
+  python -m rest_jax.main --config=configs/paper_math.py:llama3_8b --workdir=runs/math_llama3_8b
+  python -m rest_jax.main --config=configs/paper_math.py:fixture --workdir=/tmp/math_fixture   # a CPU check, ~1 min
+
+Paths: the data set and checkpoint paths below (task.kwargs.*path, MODELS[...]["checkpoint"]) are where the files
+are expected; point them elsewhere with flags, e.g. --config.task.kwargs.path=/data/MATH --config.task.kwargs.gsm8k_path=/data/gsm8k --config.base.checkpoint=/ckpt/gemma-2b.
+On a TPU pod slice every worker runs the same command with --distributed (launch/tpu_pod.sh); on one GPU host,
+launch/gpu_host.sh. Data: the Hendrycks MATH release tree (MATH/train, MATH/test) and GSM8K's train/test.jsonl at the
+paths given (see rest_jax/data); the base: a Hugging Face checkpoint directory (config.json, safetensors, tokenizer).
+
+The paper's settings: 32 samples per training problem at temperature 0.7, top-k 40; at most 10 correct solutions
+kept per problem; 3 iterations, each fine-tuning the *base* model on the latest E-step's samples; prompts are
+Minerva's 4-shot prompt; test: greedy pass@1 on MATH test and GSM8K test (transfer), pass@k and maj@k at
+temperature 1.0, top-p 0.95.
+
+Arguments after the colon select a mode: "" (Gemma 2B on a TPU v5e-16; also "gemma2b"), "gemma7b" (Gemma 7B on a TPU v4-32),
+"llama3_8b" (Llama 3 8B on one 8-GPU H100/H200 host), "fixture" (the project's MATH and GSM8K fixtures and the
+shipped small model: checks the whole pipeline on a CPU in a minute).
+
+Memory arithmetic (full fine-tuning, float32 params and AdamW moments, bfloat16 activations; P = parameters):
+  params 4P + grads 4P + Adam m, v 8P = 16P bytes, sharded over the fsdp axis (and replicated over data);
+  KV cache of one sample batch = rows x (prompt bucket + new tokens) x layers x 2 x kv_heads x head_dim x 2 bytes,
+  sharded over the data axis.
+  gemma2b   P = 2.51e9: 40 GB of train state / 16 chips = 2.5 GB per v5e chip (16 GB HBM); KV cache: MQA (1 kv
+            head x 256) x 18 layers = 18 KiB per token; 1024 rows x 2048 tokens = 38 GB / 16 = 2.4 GB per chip.
+  gemma7b   P = 8.54e9: 137 GB / 32 v4 cores... (16 chips, 32 GB each) = 8.5 GB per chip; KV: 16 kv heads x 256 x 28
+            layers = 448 KiB per token; 256 rows x 2048 tokens = 235 GB: the sampler keeps 256 rows per call, sharded
+            over data=2 and fsdp=8 -> ~14.7 GB per chip during sampling (train state offloaded between stages is not
+            needed: sampling and training do not overlap, and XLA frees the train state's buffers between jits).
+  llama3_8b P = 8.03e9: 128 GB / 8 GPUs = 16 GB per GPU (80 or 141 GB); KV: 8 kv heads x 128 x 32 layers = 128 KiB
+            per token; 512 rows x 2048 tokens = 137 GB / 8 = 17 GB per GPU.
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+# The model of each mode, in one place: its checkpoint, the mesh it was sized for, and the per-call batch sizes.
+MODELS = {
+    "gemma2b": dict(checkpoint="/models/gemma-2b", mesh=dict(data=4, fsdp=4, tensor=1), sample_rows=1024,
+                    train_rows=64, micro_batches=1),
+    "gemma7b": dict(checkpoint="/models/gemma-7b", mesh=dict(data=2, fsdp=8, tensor=1), sample_rows=256,
+                    train_rows=64, micro_batches=4),
+    "llama3_8b": dict(checkpoint="/models/Meta-Llama-3-8B", mesh=dict(data=1, fsdp=8, tensor=1), sample_rows=512,
+                      train_rows=64, micro_batches=4),
+}
+
+
+def _default_config() -> ml_collections.ConfigDict:
+  """configs/default.py, so every experiment shares one schema."""
+  spec = importlib.util.spec_from_file_location("_default_config", pathlib.Path(__file__).with_name("default.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  mode = arg or "gemma2b"
+  if mode not in (*MODELS, "fixture"):
+    raise ValueError(f"configs/paper_math.py: unknown mode {mode!r}; use one of {', '.join(MODELS)} or 'fixture'")
+  c = _default_config()
+  c.title = f"ReST-EM on Hendrycks MATH ({mode}), transfer to GSM8K"
+  del c.pretrain  # The base is a real pretrained model.
+
+  c.task.name = "math"
+  c.task.kwargs = ml_collections.ConfigDict(dict(
+      path="/data/MATH",  # The Hendrycks MATH tree (MATH/train/<subject>/<n>.json ...).
+      gsm8k_path="/data/gsm8k",  # GSM8K train.jsonl / test.jsonl: the transfer split "gsm8k".
+      num_shots=4,  # Minerva's 4-shot prompt.
+      num_val=500,  # Training problems held out for early stopping.
+      seed=0,
+  ))
+
+  c.base.checkpoint = MODELS.get(mode, MODELS["gemma2b"])["checkpoint"]
+  c.base.chat = False  # Pretrained (not instruct) models with few-shot prompts, as in the paper.
+  c.base.dtype = "bfloat16"
+
+  c.rest.algorithm = "rest_em"
+  c.rest.num_iterations = 3  # Paper: 3 for MATH.
+  c.rest.samples_per_problem = 32  # Paper: 32 for MATH.
+  c.rest.temperature = 0.7
+  c.rest.top_k = 40
+  c.rest.top_p = 1.0
+  c.rest.cap = 10  # Paper: at most 10 correct solutions per problem.
+  c.rest.restart_from_base = True  # Paper: every iteration fine-tunes the base model.
+  c.rest.sft_human_baseline = True  # The comparison the paper makes: SFT on the human-written solutions.
+
+  c.sampler.prompt_buckets = (1024, 1536, 2048)  # Minerva's 4-shot prompt is ~900 tokens before the problem.
+  c.sampler.max_new_tokens = 512
+  c.sampler.reward_workers = 8
+
+  c.train.update(learning_rate=1e-5, lr_schedule="cosine", warmup_steps=50, end_lr_factor=0.1, weight_decay=0.0,
+                 b1=0.9, b2=0.95, grad_clip=1.0, seq_len=2560, batch_rows=64, num_epochs=2.0, max_steps=0,
+                 eval_every=200, patience=3)
+
+  c.eval.splits = ("test", "gsm8k", "train")
+  c.eval.sampled_splits = ("test", "gsm8k")
+  c.eval.num_samples = 32
+  c.eval.ks = (4, 16, 32)
+  c.eval.temperature = 1.0
+  c.eval.top_p = 0.95
+  c.eval.train_subset = 1000
+  c.eval.val_size = 500
+
+  if mode in MODELS:
+    model = MODELS[mode]
+    c.mesh = ml_collections.ConfigDict(model["mesh"])
+    c.sampler.batch_rows = model["sample_rows"]
+    c.train.update(batch_rows=model["train_rows"], micro_batches=model["micro_batches"])
+  else:  # "fixture": the pipeline end to end on the project's fixtures, with the shipped small model.
+    c.task.kwargs.update(path="fixture:", gsm8k_path="fixture:", num_shots=0, num_val=2)
+    c.base.checkpoint = str(pathlib.Path(__file__).resolve().parents[1] / "rest_jax" / "assets" / "arithmetic_base")
+    c.base.dtype = "float32"
+    c.rest.update(num_iterations=1, samples_per_problem=2, cap=1)
+    c.sampler.update(batch_rows=32, prompt_buckets=(256, 512), max_new_tokens=16, reward_workers=2)
+    c.train.update(learning_rate=1e-3, warmup_steps=1, seq_len=768, batch_rows=4, max_steps=2, eval_every=1,
+                   patience=0, b2=0.98)
+    c.eval.update(num_samples=2, ks=(2,), train_subset=2, val_size=2)
+  return c

@@ -1,0 +1,403 @@
+"""A catalogue of hostile Python programs, one per attack class, for testing `rest_jax.sandbox` and the code rewards.
+
+Each program is self-contained stdlib Python. Its source has `{name}` placeholders for what the test sets up on the
+host (a directory outside the sandbox, a listening port, a process to attack); `render(program, **params)` fills them
+with Python literals, using harmless defaults (paths that do not exist, the discard port, a pid no kernel gives out)
+for those not given, so `render(program)` alone is a runnable program.
+
+What the programs print, for the test to check:
+  "ESCAPED: ..."  an action the sandbox must forbid succeeded;
+  "LEAK: ..."     data the program read (the test asserts none of its secrets appear in the output);
+  "COUNT: n"      how much of a resource it got (the test compares n with `Program.bound` of the limits).
+
+Every program is written so that it cannot harm the machine even if the sandbox were broken: loops are bounded, it
+writes, deletes and signals only the paths and pids the test passes in, and connects only to 127.0.0.1. The one
+exception is `kill_parent`, which would SIGKILL its parent process, i.e. the caller of a broken sandbox.
+"""
+
+import dataclasses
+import re
+from typing import Any
+
+ENV_SECRET_NAME = "REST_JAX_HOSTILE_ENV_SECRET"
+
+DEFAULTS: dict[str, Any] = {
+    "outside_dir": "/nonexistent/rest_jax_hostile",  # A directory the test made on the host, outside the sandbox.
+    "victim_file": "/nonexistent/rest_jax_hostile/victim",  # A file in it that must survive unchanged.
+    "secret_path": "/nonexistent/rest_jax_hostile/secret",  # A file in it whose content must not leak.
+    "project_file": "/nonexistent/rest_jax_hostile/project_file",  # A file the test made inside the project tree.
+    "marker_path": "/nonexistent/rest_jax_hostile/marker",  # Written by a leftover process, should one survive.
+    "tcp_port": 9,  # Ports the test listens on at 127.0.0.1 (9: discard).
+    "udp_port": 9,
+    "unix_name": "rest_jax_hostile",  # An abstract unix socket the test listens on.
+    "sleeper_pid": 4194305,  # A process the test started; the default is past the kernel's largest pid.
+    "cmdline_marker": "REST_JAX_HOSTILE_CMDLINE",  # In the command line of a host process.
+    "host_tmp_name": "rest_jax_hostile_probe",  # File name the program tries to create in the host's /tmp etc.
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """One hostile program.
+
+  Attributes:
+    name: Short identifier (the pytest id).
+    attack: The attack class it represents.
+    source: Python source with `{param}` placeholders (see `DEFAULTS`).
+    bound: The `Limits` field its "COUNT: n" line must not exceed (times `bound_factor`), or None.
+    bound_factor: See `bound`.
+    rlimits: Whether the rlimits fallback contains it: "always", "own_uid" (only when the program runs as a
+      dedicated unprivileged uid), or "never".
+    linger_s: How long the test should wait after the run before checking (for delayed effects).
+  """
+
+  name: str
+  attack: str
+  source: str
+  bound: str | None = None
+  bound_factor: int = 1
+  rlimits: str = "own_uid"
+  linger_s: float = 0.0
+
+  @property
+  def params(self) -> list[str]:
+    """The placeholders its source uses."""
+    return sorted({m for m in _PLACEHOLDER.findall(self.source) if m in DEFAULTS})
+
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def render(program: Program, **params: Any) -> str:
+  """Returns `program`'s source with each `{param}` replaced by the Python literal of its value."""
+  unknown = set(params) - set(DEFAULTS)
+  if unknown:
+    raise ValueError(f"unknown hostile program parameters: {sorted(unknown)}")
+  values = {**DEFAULTS, **params}
+  return _PLACEHOLDER.sub(lambda m: repr(values[m[1]]) if m[1] in values else m[0], program.source)
+
+
+PROGRAMS: list[Program] = [
+    Program("write_outside", "write a file outside the working directory", """
+import os
+path = os.path.join({outside_dir}, "written_by_sandbox")
+try:
+    with open(path, "w") as f:
+        f.write("pwned")
+    print("ESCAPED: wrote", path)
+except OSError as e:
+    print("blocked:", e)
+"""),
+    Program("delete_outside", "delete a file outside the working directory", """
+import os
+try:
+    os.remove({victim_file})
+    print("ESCAPED: deleted the victim")
+except OSError as e:
+    print("blocked:", e)
+"""),
+    Program("overwrite_project", "overwrite a file of the project", """
+try:
+    with open({project_file}, "w") as f:
+        f.write("pwned")
+    print("ESCAPED: overwrote the project file")
+except OSError as e:
+    print("blocked:", e)
+"""),
+    Program("tcp_connect", "TCP connection to a host service on 127.0.0.1", """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(1.0)
+try:
+    s.connect(("127.0.0.1", {tcp_port}))
+    s.sendall(b"pwned")
+    print("ESCAPED: connected")
+except OSError as e:
+    print("blocked:", e)
+""", rlimits="never"),
+    Program("udp_send", "UDP datagram to a host service on 127.0.0.1", """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(3):
+    try:
+        s.sendto(b"pwned", ("127.0.0.1", {udp_port}))
+    except OSError as e:
+        print("blocked:", e)
+""", rlimits="never"),
+    Program("unix_abstract", "connection to a host abstract unix socket", """
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(1.0)
+try:
+    s.connect("\\0" + {unix_name})
+    s.sendall(b"pwned")
+    print("ESCAPED: connected")
+except OSError as e:
+    print("blocked:", e)
+""", rlimits="never"),
+    Program("fork_bomb", "fork bomb (bounded to 2000 forks)", """
+import os, time
+count = 0
+for _ in range(2000):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        time.sleep(3)
+        os._exit(0)
+    count += 1
+print("COUNT:", count, flush=True)
+""", bound="processes"),
+    Program("thread_bomb", "thread bomb (bounded to 2000 threads)", """
+import threading, time
+count = 0
+for _ in range(2000):
+    try:
+        threading.Thread(target=time.sleep, args=(3,), daemon=True).start()
+    except RuntimeError:
+        break
+    count += 1
+print("COUNT:", count, flush=True)
+""", bound="processes"),
+    Program("memory_bomb", "memory exhaustion (bounded to 2 GiB)", """
+chunks = []
+total = 0
+try:
+    while total < 2 << 30:
+        chunks.append(b"\\1" * (32 << 20))
+        total += 32 << 20
+except MemoryError:
+    pass
+print("COUNT:", total, flush=True)
+""", bound="memory_bytes", rlimits="always"),
+    Program("infinite_loop", "CPU burn (bounded to 60 s)", """
+import time
+end = time.time() + 60
+while time.time() < end:
+    pass
+""", rlimits="always"),
+    Program("sleep_past_timeout", "sleeping past the wall-clock limit", """
+import time
+time.sleep(60)
+print("ESCAPED: outlived the time limit")
+""", rlimits="always"),
+    Program("stdout_flood", "unbounded stdout (bounded to 256 MiB)", """
+import sys
+line = "x" * 65535 + "\\n"
+for _ in range(4096):
+    sys.stdout.write(line)
+""", rlimits="always"),
+    Program("stderr_flood", "unbounded stderr (bounded to 256 MiB)", """
+import sys
+line = "y" * 65535 + "\\n"
+for _ in range(4096):
+    sys.stderr.write(line)
+""", rlimits="always"),
+    Program("disk_fill", "filling the disk with one file (bounded to 1 GiB)", """
+written = 0
+block = b"\\0" * (1 << 20)
+try:
+    with open("fill.bin", "wb", buffering=0) as f:
+        for _ in range(1024):
+            f.write(block)
+            written += len(block)
+except OSError as e:
+    print("blocked:", e)
+print("COUNT:", written, flush=True)
+""", bound="file_bytes", rlimits="always"),
+    Program("tmpfs_fill", "filling /tmp and /dev/shm, i.e. memory (bounded to 256 MiB)", """
+import os
+written = 0
+block = b"\\0" * (1 << 20)
+for directory in ("/tmp", "/dev/shm"):
+    for i in range(128):
+        try:
+            with open(os.path.join(directory, {host_tmp_name} + "_fill%d" % i), "wb", buffering=0) as f:
+                f.write(block)
+            written += len(block)
+        except OSError:
+            break
+print("COUNT:", written, flush=True)
+""", bound="file_bytes", bound_factor=2, rlimits="never"),
+    Program("many_open_files", "file descriptor exhaustion (bounded to 100000)", """
+import os
+fds = []
+for _ in range(100000):
+    try:
+        fds.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        break
+print("COUNT:", len(fds), flush=True)
+""", bound="open_files", rlimits="always"),
+    Program("leftover_background", "daemon that outlives the program (double fork + setsid)", """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(1)
+        try:
+            with open({marker_path}, "w") as f:
+                f.write("survived")
+        except OSError:
+            pass
+        time.sleep(5)
+        os._exit(0)
+    os._exit(0)
+print("daemonized", flush=True)
+""", linger_s=1.5),
+    Program("zombie_leader", "threads that live on behind a zombie main thread (pthread_exit)", """
+import ctypes, threading, time
+threading.Thread(target=time.sleep, args=(10,)).start()
+print("main thread exits", flush=True)
+ctypes.CDLL(None).pthread_exit(None)
+"""),
+    Program("kill_parent", "SIGKILL to the parent process", """
+import os, signal
+parent = os.getppid()
+try:
+    os.kill(parent, signal.SIGKILL)
+    print("signalled parent", parent)
+except OSError as e:
+    print("blocked:", e)
+"""),
+    Program("kill_sleeper", "SIGKILL to a host process", """
+import os, signal
+try:
+    os.kill({sleeper_pid}, signal.SIGKILL)
+    print("signalled", {sleeper_pid})
+except OSError as e:
+    print("blocked:", e)
+"""),
+    Program("read_secret_file", "reading a host file outside the working directory", """
+try:
+    with open({secret_path}) as f:
+        print("LEAK:", f.read())
+except OSError as e:
+    print("blocked:", e)
+"""),
+    Program("env_secret", "reading secrets from the environment of this and other processes", """
+import os
+print("LEAK:", dict(os.environ))
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        try:
+            with open("/proc/%s/environ" % pid, "rb") as f:
+                print("LEAK:", f.read())
+        except OSError:
+            pass
+"""),
+    Program("proc_snoop", "reading other processes' command lines from /proc", """
+import os
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if {cmdline_marker}.encode() in cmdline:
+            print("LEAK:", pid, cmdline)
+""", rlimits="never"),
+    Program("write_host_tmp", "writing into the host's shared /tmp, /var/tmp and /dev/shm", """
+import os
+for directory in ("/tmp", "/var/tmp", "/dev/shm"):
+    try:
+        with open(os.path.join(directory, {host_tmp_name}), "w") as f:
+            f.write("pwned")
+    except OSError as e:
+        print("blocked:", e)
+""", rlimits="never"),
+    Program("symlink_escape", "escaping the working directory by symlink and ..", """
+import os
+os.symlink({secret_path}, "link_to_secret")
+os.symlink({outside_dir}, "link_to_outside")
+try:
+    with open("link_to_secret") as f:
+        print("LEAK:", f.read())
+except OSError as e:
+    print("blocked:", e)
+try:
+    with open(os.path.join("link_to_outside", "written_via_symlink"), "w") as f:
+        f.write("pwned")
+    print("ESCAPED: wrote through a symlink")
+except OSError as e:
+    print("blocked:", e)
+try:
+    with open(os.path.relpath({secret_path}, os.getcwd())) as f:
+        print("LEAK:", f.read())
+except OSError as e:
+    print("blocked:", e)
+"""),
+    Program("chmod_setuid", "gaining privileges: setuid, chmod and chown of host files, capabilities", """
+import os
+for name in ("setuid", "setgid", "seteuid"):
+    try:
+        getattr(os, name)(0)
+        print("ESCAPED:", name)
+    except OSError:
+        pass
+for attempt in (lambda: os.chmod({victim_file}, 0o6777), lambda: os.chown({victim_file}, os.getuid(), os.getgid())):
+    try:
+        attempt()
+        print("ESCAPED: changed the victim's mode or owner")
+    except OSError:
+        pass
+with open("/proc/self/status") as f:
+    for line in f:
+        if line.startswith("CapEff:") and int(line.split()[1], 16):
+            print("ESCAPED: has capabilities", line.strip())
+"""),
+    Program("close_stdout", "closing stdout and stderr, then running on (bounded to 60 s)", """
+import os, time
+os.close(1)
+os.close(2)
+time.sleep(60)
+""", rlimits="always"),
+    Program("deep_recursion", "C stack overflow by unbounded recursion (a million nested lists)", """
+import json, sys
+sys.setrecursionlimit(1 << 30)
+json.loads("[" * 1000000 + "]" * 1000000)
+""", rlimits="always"),
+    Program("segfault_ctypes", "segmentation fault through ctypes", """
+import ctypes
+ctypes.string_at(0)
+""", rlimits="always"),
+    Program("shell_spawn", "spawning shells and background commands", """
+import os, shlex, subprocess
+os.system("echo pwned > " + shlex.quote(os.path.join({outside_dir}, "shell_was_here")) + "; sleep 30 &")
+subprocess.Popen(["/bin/sh", "-c", "sleep 30"], start_new_session=True)
+print("spawned", flush=True)
+"""),
+    Program("read_shadow", "reading /etc/shadow", """
+try:
+    with open("/etc/shadow") as f:
+        print("LEAK:", f.read())
+except OSError as e:
+    print("blocked:", e)
+"""),
+    Program("rlimit_raise", "raising its own resource limits", """
+import resource
+for name in ("RLIMIT_NPROC", "RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_NOFILE", "RLIMIT_FSIZE"):
+    limit = getattr(resource, name)
+    try:
+        resource.setrlimit(limit, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        print("ESCAPED: raised", name)
+    except (ValueError, OSError):
+        pass
+"""),
+    Program("tty_injection", "typing into the controlling terminal (TIOCSTI)", """
+import fcntl, os, termios
+fds = [0, 1, 2]
+try:
+    fds.append(os.open("/dev/tty", os.O_RDWR))
+except OSError as e:
+    print("blocked:", e)
+for fd in fds:
+    try:
+        fcntl.ioctl(fd, termios.TIOCSTI, b"#")
+        print("ESCAPED: TIOCSTI on fd", fd)
+    except OSError:
+        pass
+""", rlimits="always"),
+]

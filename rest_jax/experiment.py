@@ -9,6 +9,10 @@ with the same results as an uninterrupted one.
   WORKDIR/checkpoints/<method>/iteration_<k>/        M-step result (Orbax), with metadata
   WORKDIR/metrics.jsonl, stages.jsonl, tensorboard/  evaluations and stage timings
   WORKDIR/report.md, plots/                          the report
+
+With several processes (`--distributed`, see rest_jax/distributed.py) every process runs this loop on the same
+samples and rewards, and process 0 alone writes the (shared) workdir; each stage starts with a barrier, so all
+processes decide what to skip on a resume from the same files.
 """
 
 import dataclasses
@@ -22,8 +26,10 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from rest_jax import checkpoints
+from rest_jax import distributed
 from rest_jax import generation
 from rest_jax import reporting
 from rest_jax import selection
@@ -138,8 +144,9 @@ class Experiment:
   @classmethod
   def create(cls, config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> "Experiment":
     workdir = pathlib.Path(workdir)
+    distributed.check_shared_directory(workdir)
     _check_workdir_config(workdir, config)
-    task = tasks_lib.get(config.task.name, **config.task.kwargs.to_dict())
+    task = tasks_lib.from_config(config.task)
     mesh = sharding.make_mesh(**config.mesh.to_dict())
     cfg, base_params, tokenizer = _load_base(config, mesh)
     if config.base.get("chat", False):
@@ -150,18 +157,20 @@ class Experiment:
     TrainConfig(**config.train.to_dict())
     strategies.make(config.rest.temperature, config.rest.top_k, config.rest.top_p)
     strategies.make(config.eval.temperature, top_p=config.eval.top_p)
-    _write_workdir_config(workdir, config)  # Only once the config proved usable.
+    if distributed.is_primary():
+      _write_workdir_config(workdir, config)  # Only once the config proved usable.
     return cls(config=config, workdir=workdir, task=task, mesh=mesh, cfg=cfg, base_params=base_params,
                sampler=sampler, store=checkpoints.IterationCheckpoints(workdir / "checkpoints"),
-               log=reporting.MetricsLog(workdir))
+               log=reporting.MetricsLog(workdir, read_only=not distributed.is_primary()))
 
   # --- Stages -------------------------------------------------------------------------------------------------
 
   def evaluate(self, params: Any, method: str, iteration: int) -> None:
     """Evaluates `params` on every configured split, unless that evaluation is already recorded."""
     c = self.config.eval
-    done = {(r["method"], r["iteration"], r["split"]) for r in self.log.evals()}
-    todo = [s for s in c.splits if (method, iteration, s) not in done]
+    distributed.barrier(f"rest_jax eval {method} it{iteration}")
+    records = {r["split"]: r for r in self.log.evals() if (r["method"], r["iteration"]) == (method, iteration)}
+    todo = [s for s in c.splits if s not in records]
     if not todo:
       if not any((r["method"], r["iteration"], r["stage"]) == (method, iteration, "eval") for r in self.log.stages()):
         # Killed after the last split's record: the evaluation is complete, its wall time is lost.
@@ -178,16 +187,16 @@ class Experiment:
           problems = problems[:c.train_subset]
         sampled = split in c.sampled_splits
         metrics = generation.evaluate(
-            self.sampler, params, self.task, problems, greedy_strategy=strategies.Greedy(),
+            self.sampler, params, self.task.grading(split), problems, greedy_strategy=strategies.Greedy(),
             sample_strategy=strategies.make(c.temperature, top_p=c.top_p) if sampled else None,
             num_samples=c.num_samples, ks=tuple(c.ks), max_new_tokens=self.config.sampler.max_new_tokens,
             seed=_seed(self.config, method, iteration, "eval", split), desc=f"{method} it{iteration} {split}")
         record = {"method": method, "iteration": iteration, "split": split, **metrics}
       self.log.append_eval(record)
+      records[split] = record
     wall = time.time() - t0
     self.log.append_stage({"method": method, "iteration": iteration, "stage": "eval", "wall_s": wall})
-    test = next((r for r in self.log.evals() if (r["method"], r["iteration"], r["split"]) == (method, iteration,
-                                                                                            "test")), None)
+    test = records.get("test")
     reporting.log_stage(method, iteration, "eval", wall, **({"test_pass@1": test["pass@1"]} if test else {}))
     self.report()  # Kept current, so an interrupted run has a report of what it finished.
 
@@ -206,6 +215,7 @@ class Experiment:
   def estep(self, params: Any, method: str, iteration: int) -> list[selection.Sample]:
     """Samples the training problems, scores and filters them; cached as JSONL."""
     path = self.workdir / "samples" / method / f"iteration_{iteration}.jsonl.gz"
+    distributed.barrier(f"rest_jax estep {method} it{iteration}")
     if path.exists():
       return selection.read_jsonl(path)
     c = self.config.rest
@@ -226,7 +236,8 @@ class Experiment:
     # The record goes first: a kill between the two only makes the rerun redo (and re-log) this stage.
     self.log.append_stage({"method": method, "iteration": iteration, "stage": "estep", "wall_s": wall,
                            **{k: stats[k] for k in ("generated", "rewarded", "kept", "solve_rate")}})
-    selection.write_jsonl(path, samples)
+    if distributed.is_primary():
+      selection.write_jsonl(path, samples)
     reporting.log_stage(method, iteration, "estep", wall, **{k: stats[k] for k in ("generated", "rewarded", "kept",
                                                                                    "solve_rate")})
     return samples
@@ -234,6 +245,7 @@ class Experiment:
   def mstep(self, init_params: Any, prompts, completions, weights, method: str, iteration: int) -> Any:
     """Fine-tunes `init_params` on the examples; cached as the iteration's checkpoint."""
     shardings = sharding.param_shardings(self.cfg, self.mesh)
+    distributed.barrier(f"rest_jax mstep {method} it{iteration}")
     if self.store.exists(method, iteration):
       return self.store.load(method, iteration, shardings=shardings)[0]
     t0 = time.time()
@@ -321,6 +333,8 @@ class Experiment:
       self.evaluate(policy, method, it)
 
   def report(self) -> str:
+    if not distributed.is_primary():
+      return str(self.workdir / "report.md")  # Written by process 0.
     summary = "\n".join(f"{k} = {v}" for k, v in sorted(_flat(json.loads(self.config.to_json())).items()))
     return reporting.write_report(self.workdir, self.log.evals(), self.log.stages(), title=self.config.title,
                                   config_summary=summary)
@@ -331,8 +345,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
   if config.rest.algorithm not in ("rest_em", "rest"):
     raise ValueError(f"rest.algorithm must be 'rest_em' or 'rest', got {config.rest.algorithm!r}")
   exp = Experiment.create(config, workdir)
-  logging.info("rest_jax: %s on %s, mesh %s, %d devices; workdir %s", config.rest.algorithm, config.task.name,
-               dict(exp.mesh.shape), jax.device_count(), workdir)
+  logging.info("rest_jax: %s on %s, mesh %s, %d devices in %d processes; workdir %s", config.rest.algorithm,
+               config.task.name, dict(exp.mesh.shape), jax.device_count(), jax.process_count(), workdir)
+  if jax.process_count() > 1:
+    logging.info("rest_jax: process of each device on the %s mesh: %s", "x".join(exp.mesh.axis_names),
+                 np.vectorize(lambda d: d.process_index, otypes=[int])(exp.mesh.devices).tolist())
   try:
     if config.rest.sft_human_baseline:
       exp.sft_human()

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from rest_jax import distributed
 from rest_jax import evaluation
 from rest_jax import reporting
 from rest_jax import rewards as rewards_lib
@@ -29,7 +30,7 @@ def generate_and_score(sampler: Sampler, params: Any, problems: Sequence[tasks_l
   """`num_samples` completions per problem and their rewards.
 
   Each decoded batch goes to a pool of `workers` threads (rewards that run programs spawn sandboxed processes, so
-  threads are enough) while the next batch is decoding on the device.
+  threads are enough) while the next batch is decoding on the device. With several processes, all get the same result.
   """
   reward_fn = rewards_lib.get(reward)
   completions: list[list[str]] = [[] for _ in problems]
@@ -54,6 +55,9 @@ def generate_and_score(sampler: Sampler, params: Any, problems: Sequence[tasks_l
       idx = futures[future]
       rewards_PxN[idx] = np.asarray(future.result(), np.float32).reshape(len(idx), num_samples)
     bar.set_postfix(scored=len(problems))
+  # Every process decoded the same completions; process 0's rewards make the selection identical on all of them even
+  # when a reward is not (programs run under a wall-clock timeout).
+  rewards_PxN = distributed.broadcast_from_primary(rewards_PxN)
   return Scored(completions=completions, rewards=rewards_PxN)
 
 

@@ -2,22 +2,43 @@
 
   python -m rest_jax.main --config=configs/default.py --workdir=runs/demo
   python -m rest_jax.main --config=configs/default.py:smoke --workdir=/tmp/smoke --config.rest.num_iterations=1
+
+On several hosts (a TPU pod: the same command on every worker, see launch/README.md), each process joins JAX's
+distributed runtime first; the workdir must be shared by all of them:
+
+  python -m rest_jax.main --config=configs/default.py --workdir=/mnt/shared/run --distributed
+  python -m rest_jax.main ... --distributed --coordinator_address=10.0.0.2:8476 --num_processes=2 --process_id=0
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from rest_jax import distributed
 from rest_jax import experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file[:mode].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, samples, metrics and the report go.",
                                required=True)
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join JAX's distributed runtime (jax.distributed.initialize) "
+                                 "before anything else: one process per host, the mesh spans all of them.")
+_COORDINATOR_ADDRESS = flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0. "
+                                           "Not needed on TPU pods, SLURM or Open MPI, where JAX finds it.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this process's index, 0 to "
+                                   "num_processes - 1.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cluster = {"coordinator_address": _COORDINATOR_ADDRESS.value, "num_processes": _NUM_PROCESSES.value,
+             "process_id": _PROCESS_ID.value}
+  given = [name for name, value in cluster.items() if value is not None]
+  if given and not _DISTRIBUTED.value:
+    raise app.UsageError(f"--{given[0]} needs --distributed")
   logging.set_verbosity(logging.INFO)
+  if _DISTRIBUTED.value:
+    distributed.initialize(**cluster)
   experiment.run(_CONFIG.value, _WORKDIR.value)
 
 

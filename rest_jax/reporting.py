@@ -193,12 +193,17 @@ class MetricsLog:
 
   Files: WORKDIR/metrics.jsonl, WORKDIR/stages.jsonl and one TensorBoard run
   per method under WORKDIR/tensorboard/<method> (created on first append, so a
-  log opened only to read writes nothing).
+  log opened only to read writes nothing). A `read_only` log checks the records
+  it is given but writes none: the log of every process but the first in a
+  multi-process run, where process 0 alone writes the shared workdir.
   """
 
-  def __init__(self, workdir: str | os.PathLike[str]):
+  def __init__(self, workdir: str | os.PathLike[str], *,
+               read_only: bool = False):
     self.workdir = pathlib.Path(workdir)
-    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.read_only = read_only
+    if not read_only:
+      self.workdir.mkdir(parents=True, exist_ok=True)
     self._event_files: dict[str, _EventFile] = {}
     self._checked_tails: set[str] = set()
     self._closed = False
@@ -210,6 +215,8 @@ class MetricsLog:
     if self._closed:
       raise ValueError(f"MetricsLog for {self.workdir} is closed")
     record = _normalize(record, kind)
+    if self.read_only:
+      return record
     path = self._path(kind)
     if kind not in self._checked_tails:
       _drop_torn_tail(path)
@@ -230,6 +237,8 @@ class MetricsLog:
   def append_eval(self, record: Mapping[str, Any]) -> None:
     """Logs one evaluation; TensorBoard tags are f"{split}/{metric}"."""
     record = self._append(record, "eval")
+    if self.read_only:
+      return
     self._event_file(record["method"]).add_scalars(
         {f"{record['split']}/{name}": value
          for name, value in record.items()
@@ -239,6 +248,8 @@ class MetricsLog:
   def append_stage(self, record: Mapping[str, Any]) -> None:
     """Logs one stage; TensorBoard tags are f"stage/{stage}/{counter}"."""
     record = self._append(record, "stage")
+    if self.read_only:
+      return
     self._event_file(record["method"]).add_scalars(
         {f"stage/{record['stage']}/{name}": value
          for name, value in record.items()

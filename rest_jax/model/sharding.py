@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from rest_jax import distributed
 from rest_jax.model import transformer
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -85,8 +86,11 @@ def batch_divisor(mesh: Mesh) -> int:
 
 
 def shard_batch(tree: Any, mesh: Mesh) -> Any:
-  """Places host arrays on the mesh, batch axis split over data x fsdp."""
-  return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x))), tree)
+  """Places host arrays on the mesh, batch axis split over data x fsdp.
+
+  On a mesh over several processes every process passes the same full arrays (`distributed.host_to_global`).
+  """
+  return distributed.host_to_global(tree, jax.tree.map(lambda x: batch_sharding(mesh, np.ndim(x)), tree))
 
 
 def _init_fn(cfg):

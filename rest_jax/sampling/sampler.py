@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from rest_jax import distributed
 from rest_jax.model import sharding
 from rest_jax.model.transformer import Cache, ModelConfig, Transformer, init_cache
 from rest_jax.sampling.strategies import Strategy
@@ -177,7 +178,7 @@ class Sampler:
     in_flight = dispatch(0) if batches else None
     for b, (_, idx) in enumerate(batches):
       current, in_flight = in_flight, dispatch(b + 1) if b + 1 < len(batches) else None
-      tokens_BxN, length_B = jax.device_get(current)
+      tokens_BxN, length_B = distributed.global_to_host(current)  # On every process, when the mesh spans several.
       texts = []
       for row in range(len(idx) * num_samples):
         ids = tokens_BxN[row, :length_B[row]].tolist()

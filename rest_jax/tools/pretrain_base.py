@@ -23,7 +23,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoi
 
 
 def pretrain(config, output: str, overwrite: bool = False) -> dict:
-  task = tasks.get(config.task.name, **config.task.kwargs.to_dict())
+  task = tasks.from_config(config.task)
   tokenizer = tokenizers.load(config.base.tokenizer or tokenizers.default_tokenizer_path(config.task.name))
   cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **config.pretrain.model.to_dict())
   mesh = sharding.make_mesh(**config.mesh.to_dict())

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rest_jax import distributed
 from rest_jax import reporting
 from rest_jax.model import sharding
 from rest_jax.model.transformer import ModelConfig
@@ -141,7 +142,7 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
   params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=param_shardings)(params)
   opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
   loss_factory = loss_lib.get(config.loss)
-  state = TrainState(step=jax.device_put(jnp.asarray(0, jnp.int32), sharding.replicated(mesh)), params=params,
+  state = TrainState(step=distributed.host_to_global(np.asarray(0, np.int32), sharding.replicated(mesh)), params=params,
                      opt_state=opt_state, cfg=cfg, tx=tx, loss_factory=loss_factory)
   state_shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings,
                                cfg=cfg, tx=tx, loss_factory=loss_factory)
@@ -173,11 +174,11 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
     while step < total_steps and not stop:
       for batch in batching.epoch_batches(examples, seq_len=config.seq_len, batch_rows=config.batch_rows,
                                           micro_batches=config.micro_batches, rng=rng):
-        batch = jax.device_put(batch, _batch_sharding(mesh))
+        batch = distributed.host_to_global(batch, _batch_sharding(mesh))
         with sharding.use_mesh(mesh):
           state, metrics = step_fn(state, batch)
         step += 1
-        metrics = jax.device_get(metrics)
+        metrics = distributed.global_to_host(metrics)
         tokens += int(metrics["tokens"])
         recent_loss = (recent_loss + [float(metrics["loss"])])[-config.eval_every:]
         bar.update(1)

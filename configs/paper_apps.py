@@ -113,7 +113,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.base.dtype = "float32"
     c.rest.update(num_iterations=1, samples_per_problem=2, cap=1)
     c.sampler.update(batch_rows=32, prompt_buckets=(1024, 2048), max_new_tokens=16, reward_workers=2)
-    c.train.update(learning_rate=1e-3, warmup_steps=1, seq_len=2560, batch_rows=4, max_steps=2, eval_every=1,
+    c.train.update(learning_rate=1e-3, warmup_steps=1, seq_len=2560, batch_rows=8, max_steps=2, eval_every=1,
                    patience=0, b2=0.98)
     c.eval.update(num_samples=2, ks=(2,), train_subset=1, val_size=1)
   return c

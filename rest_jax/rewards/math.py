@@ -6,17 +6,17 @@
 
 An answer is checked in three steps, each only when the one before cannot decide:
   1. `normalize_answer` of both sides are equal strings ("\\dfrac12" and "0.5", "\\$1,000" and "1000");
-  2. both sides are rational numbers, compared exactly in this process ("0.333" is not 1/3; see below);
+  2. both sides are rational numbers, compared in this process ("0.333" is not 1/3; see below);
   3. math-verify (sympy) compares them symbolically and numerically in a worker process.
 
 Sympy can take unbounded time and memory on what a model writes (`9^{9^{9^{9}}}`, `10^{100000}!`), and
 math-verify's own time limit uses SIGALRM, which works only in the main thread, while rewards run in threads
-(`rest_jax.generation`). So step 3 runs in a small pool of worker processes ("spawn": the parent runs JAX threads,
-which "fork" would copy mid-flight), started on first use and shared by all threads. Each check has a time limit
-(`DEFAULT_TIMEOUT_S`) and scores 0 when it runs out: the worker's own SIGALRM interrupts sympy; a worker that still
-has not answered `_KILL_GRACE_S` later (stuck in C code) is killed and replaced. Workers also have a memory budget,
-answers longer than `MAX_ANSWER_CHARS` are never parsed, and the pool is closed at interpreter exit.
-As with any "spawn" pool, a script that calls these rewards at import time needs an `if __name__ == "__main__":` guard.
+(`rest_jax.generation`). So step 3 runs in a small pool of worker processes (fresh interpreters, as with
+multiprocessing's "spawn": the parent runs JAX threads, which "fork" would copy mid-flight), started on first use
+and shared by all threads. Each check has a time limit (`DEFAULT_TIMEOUT_S`) and scores 0 when it runs out: the
+worker's own SIGALRM interrupts sympy; a worker that still has not answered `_KILL_GRACE_S` later (stuck in C code)
+is killed and replaced. Workers also have a memory budget, answers longer than `MAX_ANSWER_CHARS` are never parsed,
+and the pool is closed at interpreter exit (a worker whose parent dies exits when its socket closes).
 
 Decisions on ambiguous equivalences:
   * "10\\%" == "10" (percent signs are dropped), but "10\\%" != "0.1";
@@ -25,17 +25,20 @@ Decisions on ambiguous equivalences:
   * "x = 3" == "3", "y = 2x + 3" == "2x + 3": an assignment to one variable is its right-hand side;
   * "\\{1, 2\\}" == "1, 2" == "2, 1" (a list of solutions is a set), "(1, 2)" != "(2, 1)" (a tuple is ordered);
     following math-verify, an open interval "(1, 2)" also matches the list "1, 2";
-  * a decimal matches an exact value when both agree to 6 decimal places ("0.333333" == "\\frac13", "0.333" is
-    not), as math-verify does; two exact values must be equal;
+  * a decimal of 6 or more places matches a value that rounds to it ("0.333333" == "\\frac13" and "1.414214" ==
+    "\\sqrt{2}", but "0.333" != "\\frac13" and "0.0000001" != "0"); otherwise numbers must be equal;
   * "(C)", "\\text{(C)}" and "C" are the same choice; math-verify treats single letters case-insensitively.
 """
 
 import atexit
 from collections.abc import Sequence
-import multiprocessing
+import fractions
+import multiprocessing.connection
 import os
 import queue
-import runpy
+import socket
+import subprocess
+import sys
 import threading
 
 from rest_jax.rewards import math_answers
@@ -64,10 +67,14 @@ WORKER_MEMORY_BYTES = 2 << 30
 _KILL_GRACE_S = 0.5
 # Seconds a new worker may take to import sympy and math-verify.
 _STARTUP_TIMEOUT_S = 120.0
-# Decimal places to which a decimal must agree with an exact value (math-verify's `float_rounding`).
+# Decimal places a decimal needs to stand for a value it is rounded from ("0.333333" for 1/3; math-verify's
+# `float_rounding`, which it also applies to irrational values: "1.414214" for \sqrt{2}).
 _FLOAT_ROUNDING = 6
 
-_CONTEXT = multiprocessing.get_context("spawn")
+# Run by `python -P -c` in a worker: argv is [math_answers.py, socket fd, memory bytes, start-up timeout].
+_WORKER_COMMAND = (
+    "import runpy, sys; runpy.run_path(sys.argv[1], dict(socket_fd=int(sys.argv[2]), memory_bytes=int(sys.argv[3]),"
+    " startup_timeout_s=float(sys.argv[4])), run_name='" + math_answers.WORKER_RUN_NAME + "')")
 
 
 def is_equivalent(prediction: str, reference: str, *, timeout_s: float | None = None,
@@ -198,31 +205,37 @@ def _cheap_verdict(prediction_key: str, reference_key: str) -> bool | None:
     return True
   prediction_number, reference_number = parse_rational(prediction_key), parse_rational(reference_key)
   if prediction_number is not None and reference_number is not None:
-    (prediction_value, prediction_is_decimal), (reference_value, reference_is_decimal) = (prediction_number,
-                                                                                           reference_number)
-    if prediction_value == reference_value:
-      return True
-    return ((prediction_is_decimal or reference_is_decimal)
-            and round(prediction_value, _FLOAT_ROUNDING) == round(reference_value, _FLOAT_ROUNDING))
+    return _numbers_match(prediction_number, reference_number)
   if max(len(prediction_key), len(reference_key)) > MAX_ANSWER_CHARS:
     return False
   return None
 
 
+def _numbers_match(a: tuple[fractions.Fraction, int | None], b: tuple[fractions.Fraction, int | None]) -> bool:
+  """Equal values, or a decimal of `_FLOAT_ROUNDING`+ places that is another value rounded ("0.333333" and 1/3)."""
+  (a_value, a_places), (b_value, b_places) = a, b
+  if a_value == b_value:
+    return True
+  for (decimal_value, places), exact_value in (((a_value, a_places), b_value), ((b_value, b_places), a_value)):
+    if places is not None and places >= _FLOAT_ROUNDING and round(exact_value, places) == decimal_value:
+      return True
+  return False
+
+
 class _Worker:
-  """One checking process and this process's end of its pipe; used by one thread at a time."""
+  """One checking process and this process's end of its socket; used by one thread at a time."""
 
   def __init__(self):
-    self._connection, child_connection = _CONTEXT.Pipe()
-    # The worker runs math_answers.py by path, not as a module: importing rest_jax.rewards would import every
-    # reward's libraries (seconds per worker start), and the worker needs only math-verify.
-    worker_globals = dict(connection=child_connection, memory_bytes=WORKER_MEMORY_BYTES,
-                          startup_timeout_s=_STARTUP_TIMEOUT_S)
-    self._process = _CONTEXT.Process(target=runpy.run_path, args=(math_answers.__file__, worker_globals,
-                                                                  math_answers.WORKER_RUN_NAME),
-                                     name="math-verify-worker", daemon=True)
-    self._process.start()
-    child_connection.close()
+    parent_socket, child_socket = socket.socketpair()
+    # A fresh interpreter (exec, as multiprocessing's "spawn" does, never a bare fork of this JAX process) that runs
+    # math_answers.py by path: multiprocessing would also re-import this program's __main__ in every worker (for
+    # `python -m rest_jax.main`, JAX and the models: seconds and ~400 MB each), and the worker needs only math-verify.
+    with child_socket:
+      self._process = subprocess.Popen(
+          [sys.executable, "-P", "-c", _WORKER_COMMAND, math_answers.__file__, str(child_socket.fileno()),
+           str(WORKER_MEMORY_BYTES), str(_STARTUP_TIMEOUT_S)],
+          pass_fds=[child_socket.fileno()], stdin=subprocess.DEVNULL)
+    self._connection = multiprocessing.connection.Connection(parent_socket.detach())
     self._ready = False
 
   def check(self, pair: tuple[str, str], timeout_s: float) -> bool | None:
@@ -245,17 +258,17 @@ class _Worker:
         return
     except (EOFError, OSError):
       pass
-    self._process.join(timeout=1)
-    exit_code = self._process.exitcode
+    try:
+      exit_code = self._process.wait(timeout=1)
+    except subprocess.TimeoutExpired:
+      exit_code = None
     self.close()
     if exit_code is not None:
-      raise RuntimeError(f"a math-verify worker exited with code {exit_code} while starting; see its error above"
-                         " (a script that runs checks at import time needs an `if __name__ == '__main__':` guard,"
-                         " as for any 'spawn' process pool)")
+      raise RuntimeError(f"a math-verify worker exited with code {exit_code} while starting; see its error above")
     raise RuntimeError(f"a math-verify worker did not start within {_STARTUP_TIMEOUT_S:.0f} s")
 
   def kill(self) -> None:
-    """SIGKILL, without waiting: freeing a big sympy heap takes a while (multiprocessing reaps it later)."""
+    """SIGKILL, without waiting: freeing a big sympy heap takes a while (subprocess reaps it later)."""
     self._process.kill()
     self._connection.close()
 
@@ -263,11 +276,11 @@ class _Worker:
     """Asks the worker to exit, kills it if it does not within a second, and reaps it."""
     try:
       self._connection.send(None)
-    except OSError:
+      self._process.wait(timeout=1)
+    except (OSError, subprocess.TimeoutExpired):
       pass
-    self._process.join(timeout=1)
     self.kill()
-    self._process.join(timeout=10)
+    self._process.wait(timeout=10)
 
 
 class _Pool:

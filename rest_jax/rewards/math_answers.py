@@ -16,7 +16,9 @@ Conventions of `normalize_answer` (equal strings are scored equivalent without a
   * "x = 3" and "x \\in [1, 2]" are their right-hand sides; "\\{1, 2\\}" is the list "1, 2";
   * "(C)", "\\text{(C)}" and "\\textbf{(C)}" are the choice "C"; a word of 3+ letters is lower case ("Even"), but
     not an all-capital name ("ABC");
-  * a mixed number "2\\frac{1}{2}" is 5/2 (MATH writes mixed numbers that way), not 2 * 1/2;
+  * a mixed number "2\\frac{1}{2}" is 5/2 (MATH writes mixed numbers that way), not 2 * 1/2; "0.\\overline{3}" is 1/3;
+  * "2 \\text{ and } 3" and "2 or 3" are the list "2, 3";
+  * degree signs are dropped unless a trigonometric function is present ("\\sin 30^\\circ");
   * rationals are written "-3", "0.25" (when the decimal expansion ends) or "1/3".
 """
 
@@ -27,7 +29,7 @@ import os
 import re
 import signal
 
-# `__name__` under which a worker process runs this file (by path, see `serve_checks`).
+# `__name__` under which a worker process runs this file (by path, see `serve_checks` and the end of this file).
 WORKER_RUN_NAME = "__math_verify_worker__"
 # Answers longer than this are not canonicalised as numbers (int() of a 10,000-digit string raises in Python 3.11+).
 _MAX_NUMBER_DIGITS = 60
@@ -37,19 +39,25 @@ _MAX_ANSWER_SPAN = 2000
 _MAX_BOX_TRIES = 4
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
-_UNICODE = {"\u2212": "-", "\u2013": "-", "\u221e": "\\infty", "\u03c0": "\\pi", "\u00b0": "^\\circ",
-            "\u00d7": "\\times", "\u2264": "\\le", "\u2265": "\\ge", "\u00a0": " "}
+_SYNONYMS = {"\u2212": "-", "\u2013": "-", "\u221e": "\\infty", "\u03c0": "\\pi", "\u00b0": "^\\circ",
+             "\u00d7": "\\times", "\u2264": "\\le", "\u2265": "\\ge", "\u00a0": " ", "\u2205": "\\emptyset",
+             "\\varnothing": "\\emptyset", "\\dfrac": "\\frac", "\\tfrac": "\\frac", "\\dbinom": "\\binom",
+             "\\tbinom": "\\binom", "{bmatrix}": "{pmatrix}", "{,}": ","}
 _SPACING_RE = re.compile(r"(?<!\\)\\[!,;:>]|\\(?:displaystyle|textstyle)(?![a-zA-Z])")
 _WIDE_SPACE_RE = re.compile(r"\\q?quad(?![a-zA-Z])|(?<!\\)\\ |~")
 _DELIMITER_SIZE_RE = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])\.?")
 _DEGREES_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|(?<=\d)\s*\\circ(?![a-zA-Z])|\\degree(?![a-zA-Z])|"
                          r"\s*degrees?$")
+_TRIGONOMETRY_RE = re.compile(r"\\(?:arc)?(?:sin|cos|tan|cot|sec|csc)(?![a-zA-Z])")
+# "2 \text{ and } 3", "2 and 3", "2 \text{ or } 3" list their answers like "2, 3".
+_CONJUNCTION_RE = re.compile(r"\s*(?:\\(?:text|mbox)\s*\{\s*(?:and|or)\s*\}|,?\s+(?:and|or)\s+)\s*")
 _PERCENT_RE = re.compile(r"\\?%|\s*percent$")
 _TEXT_COMMAND = r"\\(?:text|textbf|textit|textrm|textnormal|mbox|mathrm|mathbf|mathit|mathsf)"
 _TEXT_RE = re.compile(_TEXT_COMMAND + r"\s*\{([^{}]*)\}")
 # A trailing unit after a value: "5\text{ cm}", "4 \mbox{ sq. units}^2", "18 dollars", "12 square feet".
 _TEXT_UNIT_RE = re.compile(r"(?:\\(?:text|textrm|textnormal|mbox)\s*\{\s*[a-zA-Z]|"  # "\mathrm{i}" is no unit.
-                           r"\\math(?:rm|bf|it|sf)\s*\{(?:\s+[a-zA-Z]|[a-zA-Z]{2}))[a-zA-Z. ]*\}\s*(?:\^\s*\{?[23]\}?)?\s*$")
+                           r"\\math(?:rm|bf|it|sf)\s*\{(?:\s+[a-zA-Z]|[a-zA-Z]{2}))"
+                           r"[a-zA-Z. ]*\}\s*(?:\^\s*\{?[23]\}?)?\s*$")
 _MATH_WORDS = r"(?:pi|sqrt|log|ln|exp|sin|cos|tan|cot|sec|csc|and|or|to|times|cdot|mod|choose|over)\b"
 _WORD_UNIT_RE = re.compile(r"^([-+]?[\d.,]*\d)\s+(?!" + _MATH_WORDS + r")[a-zA-Z]{2,}\.?(?:\s+[a-zA-Z]+\.?){0,2}\s*"
                            r"(?:\^\s*\{?[23]\}?)?$")
@@ -70,6 +78,7 @@ _DECIMAL_RE = re.compile(r"([-+]?)(\d+(?:\.\d*)?|\.\d+)")
 _FRACTION_RE = re.compile(r"([-+]?)(\d+)/(\d+)")
 _LATEX_FRACTION_RE = re.compile(r"([-+]?)\\frac\{([-+]?)(\d+)\}\{([-+]?)(\d+)\}")
 _MIXED_NUMBER_RE = re.compile(r"([-+]?)(\d+)\\frac\{(\d+)\}\{(\d+)\}")
+_REPEATING_DECIMAL_RE = re.compile(r"([-+]?)(\d*)\.(\d*)\\overline\{(\d+)\}")
 
 _GSM8K_NUMBER_RE = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?(?![\w])|"
                               r"(?<![\w.])[-+]?\.\d+(?![\w])", re.ASCII)
@@ -146,16 +155,16 @@ def normalize_answer(answer: str) -> str:
   """
   _check_text("answer", answer)
   text = answer.strip()
-  for char, replacement in _UNICODE.items():
-    text = text.replace(char, replacement)
+  for synonym, replacement in _SYNONYMS.items():
+    text = text.replace(synonym, replacement)
   text = _strip_wrappers(text)
   text = _SPACING_RE.sub("", text)
   text = _WIDE_SPACE_RE.sub(" ", text)
   text = _DELIMITER_SIZE_RE.sub("", text)
-  text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\dbinom", "\\binom")
-  text = text.replace("\\tbinom", "\\binom").replace("{bmatrix}", "{pmatrix}").replace("{,}", ",")
   text = text.replace("\\$", "").replace("$", "")
-  text = _DEGREES_RE.sub("", text).strip()
+  if not _TRIGONOMETRY_RE.search(text):  # In "\sin 30^\circ" the degree sign matters.
+    text = _DEGREES_RE.sub("", text).strip()
+  text = _CONJUNCTION_RE.sub(",", text)
   text = _PERCENT_RE.sub("", text).strip().rstrip(".").strip()
   unit = _TEXT_UNIT_RE.search(text)
   if unit and re.search(r"\d", text[:unit.start()]) and not re.search(_TEXT_COMMAND, text[:unit.start()]):
@@ -189,8 +198,11 @@ def normalize_answer(answer: str) -> str:
   return _format_rational(number[0]) if number is not None else text
 
 
-def parse_rational(normalized: str) -> tuple[fractions.Fraction, bool] | None:
-  """(value, written_as_decimal) of a `normalize_answer` output that is a rational number, else None."""
+def parse_rational(normalized: str) -> tuple[fractions.Fraction, int | None] | None:
+  """(value, decimal places) of a `normalize_answer` output that is a rational number, else None.
+
+  The decimal places are those written ("0.25" -> 2, "-3" -> 0); None for a fraction ("1/3").
+  """
   return _rational_literal(normalized)
 
 
@@ -316,25 +328,32 @@ def _gsm8k_value(text: str) -> str | None:
 
 
 def _rational_literal(text: str) -> tuple[fractions.Fraction, bool] | None:
-  """(value, written_as_decimal) when `text` is an integer, a decimal, "p/q", "\\frac{p}{q}" or a mixed number."""
+  """(value, decimal places or None) of an integer, a decimal, "p/q", "\\frac{p}{q}", a mixed or repeating decimal."""
   if len(text) > _MAX_NUMBER_DIGITS:
     return None
   match = _DECIMAL_RE.fullmatch(text)
   if match:
     value = fractions.Fraction(decimal.Decimal(match.group(2)))
-    return (-value if match.group(1) == "-" else value), "." in match.group(2)
+    places = len(match.group(2).partition(".")[2])
+    return (-value if match.group(1) == "-" else value), places
   match = _FRACTION_RE.fullmatch(text)
   if match and int(match.group(3)):
     value = fractions.Fraction(int(match.group(2)), int(match.group(3)))
-    return (-value if match.group(1) == "-" else value), False
+    return (-value if match.group(1) == "-" else value), None
   match = _LATEX_FRACTION_RE.fullmatch(text)
   if match and int(match.group(5)):
     sign = -1 if [match.group(1), match.group(2), match.group(4)].count("-") % 2 else 1
-    return sign * fractions.Fraction(int(match.group(3)), int(match.group(5))), False
+    return sign * fractions.Fraction(int(match.group(3)), int(match.group(5))), None
   match = _MIXED_NUMBER_RE.fullmatch(text)
   if match and 0 < int(match.group(3)) < int(match.group(4)):
     value = int(match.group(2)) + fractions.Fraction(int(match.group(3)), int(match.group(4)))
-    return (-value if match.group(1) == "-" else value), False
+    return (-value if match.group(1) == "-" else value), None
+  match = _REPEATING_DECIMAL_RE.fullmatch(text)
+  if match:  # 0.1\overline{6} = (16 - 1) / 90
+    sign, whole, fixed, repeat = match.groups()
+    value = int(whole or "0") + fractions.Fraction(int(fixed + repeat) - int(fixed or "0"),
+                                                   (10 ** len(repeat) - 1) * 10 ** len(fixed))
+    return (-value if sign == "-" else value), None
   return None
 
 
@@ -392,6 +411,7 @@ def serve_checks(connection, memory_bytes: int, startup_timeout_s: float) -> Non
       return False
 
   signal.signal(signal.SIGALRM, _raise_overtime)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent; the worker exits when its socket closes.
   check("1", "1", startup_timeout_s)  # Loads the LaTeX parser before the first timed request.
   _limit_memory(memory_bytes)
   connection.send("ready")
@@ -419,5 +439,7 @@ def _limit_memory(memory_bytes: int) -> None:
     pass  # Not Linux: the deadline still bounds the check.
 
 
-if __name__ == WORKER_RUN_NAME:  # Run by path in a worker process; `connection` etc. come as its globals.
-  serve_checks(connection, memory_bytes, startup_timeout_s)  # pylint: disable=undefined-variable
+if __name__ == WORKER_RUN_NAME:  # Run by path in a worker process; `socket_fd` etc. come as its globals.
+  from multiprocessing import connection as _connection  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=undefined-variable
+  serve_checks(_connection.Connection(socket_fd), memory_bytes, startup_timeout_s)

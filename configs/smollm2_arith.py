@@ -14,10 +14,10 @@ cores), "large" (thousands of problems, for an accelerator).
 """
 
 import importlib.metadata
-import importlib.util
-import pathlib
 
 import ml_collections
+
+from rest_jax import config_files
 
 
 def _smollm2_gguf() -> str:
@@ -30,19 +30,11 @@ def _smollm2_gguf() -> str:
   return str(dist.locate_file(files[0])) if files else ""
 
 
-def _default_config() -> ml_collections.ConfigDict:
-  """configs/default.py, so both experiments share one schema."""
-  spec = importlib.util.spec_from_file_location("_default_config", pathlib.Path(__file__).with_name("default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   mode = arg or "cpu"
   if mode not in ("cpu", "large"):
     raise ValueError(f"configs/smollm2_arith.py: unknown mode {mode!r}; use '' or 'large'")
-  c = _default_config()
+  c = config_files.sibling(__file__, "default")
   c.title = "ReST-EM on SmolLM2-135M-Instruct, one-step word problems"
   del c.pretrain  # The base is a real pretrained model.
 

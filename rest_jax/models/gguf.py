@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from rest_jax import distributed
 from rest_jax.model import sharding
 from rest_jax.model.transformer import ModelConfig
 from rest_jax.models.gguf_tokenizer import GGUFTokenizer
@@ -173,7 +174,7 @@ def load_gguf(path: str, *, mesh: Mesh | None = None, dtype: str = "float32"
     if w.shape != abstract_leaf.shape:
       raise ValueError(f"GGUF tensor {name} gives shape {w.shape} for {'/'.join(param_path)}, the model expects "
                        f"{abstract_leaf.shape}")
-    return jax.device_put(w.astype(jnp.dtype(dtype), copy=False), leaf_sharding)
+    return distributed.host_to_global(w.astype(jnp.dtype(dtype), copy=False), leaf_sharding)
 
   unused = sorted(set(tensors) - _used_tensor_names(abstract, cfg, rope_permuted))
   if unused:

@@ -25,6 +25,7 @@ import safetensors.numpy
 
 from jax.sharding import Mesh
 
+from rest_jax import distributed
 from rest_jax.model import sharding
 from rest_jax.model.transformer import ModelConfig, Transformer
 from rest_jax.models import hf_tokenizer
@@ -280,7 +281,7 @@ def load_params(directory: str, cfg: ModelConfig, shardings: Any) -> dict[str, A
         if stored != expected:
           raise ValueError(f"{os.path.basename(file)}: {name} has shape {stored}, config.json implies {expected}")
         w = _to_rest_jax(f.get_tensor(name).astype(cfg.param_dtype), kind, cfg)
-        _set(params, path, jax.device_put(w, _get(shardings, path)))
+        _set(params, path, distributed.host_to_global(w, _get(shardings, path)))
         del w
   return params
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from rest_jax import distributed
 from rest_jax.model import sharding
 from rest_jax.model.transformer import ModelConfig, Transformer, causal_mask
 from rest_jax.sampling import sampler, strategies
@@ -79,7 +80,7 @@ class LM:
           self.params, *sharding.shard_batch((prompt_PxL, pad_P), self.mesh), jax.random.key(seed), cfg=self.config,
           strategy=strategies.make(temperature, top_k, top_p), num_samples=1, max_new_tokens=max_new_tokens,
           eos_id=eos_id, pad_id=self.pad_id, stop_sequences=tuple((e,) for e in other_ends))
-    tokens_PxN, length_P = jax.device_get((tokens_PxN, length_P))
+    tokens_PxN, length_P = distributed.global_to_host((tokens_PxN, length_P))
     out = []
     for row in range(len(prompt_ids)):
       ids = tokens_PxN[row, :length_P[row]].tolist()

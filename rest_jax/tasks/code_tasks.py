@@ -174,13 +174,9 @@ def get_apps_task(*, path: str, data_dir: str | None = None, difficulties: Seque
   # Parsed once: the JSON strings of the full data set run to hundreds of megabytes.
   solutions = {r["id"]: _apps_solutions(r) for r in kept["train"]}
   shots, train = _apps_exemplars(kept["train"], solutions, num_shots, seed)
-  train, val = prompts.hold_out(train, min(num_val, len(train)), seed=seed, salt="apps/val")
-  chosen = {
-      "human": prompts.take([r for r in train if solutions[r["id"]]], num_human, seed=seed, salt="apps/human"),
-      "train": prompts.take(train, num_train, seed=seed, salt="apps/train"),
-      "val": val,
-      "test": prompts.take(kept["test"], num_test, seed=seed, salt="apps/test"),
-  }
+  chosen = prompts.choose_splits("apps", train, kept["test"], num_human=num_human, num_train=num_train,
+                                 num_val=num_val, num_test=num_test, seed=seed,
+                                 has_solution=lambda r: bool(solutions[r["id"]]))
   prompt_of = {r["id"]: apps_prompt(r, shots, template) for rs in chosen.values() for r in rs}
   splits = {
       split: tuple(base.Problem(id=f"{split}/{r['id']}", prompt=prompt_of[r["id"]],

@@ -66,13 +66,8 @@ def get_task(*, path: str, data_dir: str | None = None, num_shots: int = 8, temp
   prompts.check_template("gsm8k", template, ["question"])
   prompts.check_sizes("gsm8k", num_human=num_human, num_train=num_train, num_val=num_val, num_test=num_test)
   records = data.load("gsm8k", path, data_dir=data_dir)
-  train, val = prompts.hold_out(records["train"], min(num_val, len(records["train"])), seed=seed, salt="gsm8k/val")
-  chosen = {
-      "human": prompts.take(train, num_human, seed=seed, salt="gsm8k/human"),
-      "train": prompts.take(train, num_train, seed=seed, salt="gsm8k/train"),
-      "val": val,
-      "test": prompts.take(records["test"], num_test, seed=seed, salt="gsm8k/test"),
-  }
+  chosen = prompts.choose_splits("gsm8k", records["train"], records["test"], num_human=num_human,
+                                 num_train=num_train, num_val=num_val, num_test=num_test, seed=seed)
   splits = {
       split: tuple(base.Problem(id=f"{split}/{r['id']}", prompt=prompt(r["question"], num_shots=num_shots,
                                                                         template=template),

@@ -137,13 +137,8 @@ def get_task(*, path: str, data_dir: str | None = None, num_shots: int = 4, temp
   # A solution without a \boxed{} answer cannot be graded; upstream MATH has none such, a modified copy might.
   kept = {split: [(r, a) for r in records[split] if _keep(r["level"], r["type"], levels, subjects)
                   and (a := last_boxed(r["solution"])) is not None] for split in ("train", "test")}
-  train, val = prompts.hold_out(kept["train"], min(num_val, len(kept["train"])), seed=seed, salt="math/val")
-  chosen = {
-      "human": prompts.take(train, num_human, seed=seed, salt="math/human"),
-      "train": prompts.take(train, num_train, seed=seed, salt="math/train"),
-      "val": val,
-      "test": prompts.take(kept["test"], num_test, seed=seed, salt="math/test"),
-  }
+  chosen = prompts.choose_splits("math", kept["train"], kept["test"], num_human=num_human, num_train=num_train,
+                                 num_val=num_val, num_test=num_test, seed=seed)
   splits = {split: tuple(_problem(split, r, a, render(r["problem"]), split == "human") for r, a in pairs)
             for split, pairs in chosen.items()}
   if math500_path is not None:

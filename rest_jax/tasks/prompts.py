@@ -21,7 +21,7 @@ endings where the upstream file has "\r\n" (the task's human solutions are norma
 The module also holds the deterministic problem selection (`take`, `hold_out`) that every data-set task shares.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 from typing import Any
 import zlib
@@ -276,6 +276,24 @@ def take(records: Sequence[Any], num: int | None, *, seed: int, salt: str) -> li
     return list(records)
   chosen = set(_rng(seed, salt).permutation(len(records))[:num].tolist())
   return [r for i, r in enumerate(records) if i in chosen]
+
+
+def choose_splits(task: str, train: Sequence[Any], test: Sequence[Any], *, num_human: int | None,
+                  num_train: int | None, num_val: int, num_test: int | None, seed: int,
+                  has_solution: Callable[[Any], bool] | None = None) -> dict[str, list[Any]]:
+  """The "human", "train", "val" and "test" records of a data-set task, all chosen by `seed`.
+
+  "val" is held out of `train` (at most all of it); "human" (records with a solution, where `has_solution` says
+  which) and "train" are taken from the rest, so both draw from one pool that excludes the validation problems.
+  """
+  train, val = hold_out(train, min(num_val, len(train)), seed=seed, salt=f"{task}/val")
+  human_pool = train if has_solution is None else [r for r in train if has_solution(r)]
+  return {
+      "human": take(human_pool, num_human, seed=seed, salt=f"{task}/human"),
+      "train": take(train, num_train, seed=seed, salt=f"{task}/train"),
+      "val": val,
+      "test": take(test, num_test, seed=seed, salt=f"{task}/test"),
+  }
 
 
 def check_sizes(task: str, **sizes: int | None) -> None:

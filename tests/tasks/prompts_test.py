@@ -116,3 +116,15 @@ def test_take_and_hold_out_are_deterministic_and_nested():
   assert prompts.take(records, None, seed=3, salt="t") == records == prompts.take(records, 1000, seed=3, salt="t")
   with pytest.raises(ValueError, match="num_val"):
     prompts.check_sizes("gsm8k", num_val=-1)
+
+
+def test_choose_splits_holds_val_out_of_human_and_train():
+  train, test = list(range(100)), list(range(100, 150))
+  chosen = prompts.choose_splits("t", train, test, num_human=20, num_train=None, num_val=10, num_test=5, seed=3,
+                                 has_solution=lambda r: r % 2 == 0)
+  assert len(chosen["val"]) == 10 and len(chosen["human"]) == 20 and len(chosen["test"]) == 5
+  assert not set(chosen["val"]) & (set(chosen["human"]) | set(chosen["train"]))
+  assert sorted(chosen["train"] + chosen["val"]) == train
+  assert all(r % 2 == 0 for r in chosen["human"])
+  assert chosen == prompts.choose_splits("t", train, test, num_human=20, num_train=None, num_val=10, num_test=5,
+                                         seed=3, has_solution=lambda r: r % 2 == 0)

@@ -18,10 +18,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rest_jax import distributed
+from rest_jax import tokenizers
 from rest_jax.model import sharding
 from rest_jax.model.transformer import ModelConfig, Transformer, causal_mask
 from rest_jax.sampling import sampler, strategies
-from rest_jax import tokenizers
 from rest_jax.tokenizers import Tokenizer
 
 _MIN_BUCKET = 16  # Prompts are left-padded to a power of two at least this long, so few lengths compile.

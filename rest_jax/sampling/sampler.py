@@ -19,10 +19,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rest_jax import distributed
+from rest_jax import tokenizers
 from rest_jax.model import sharding
 from rest_jax.model.transformer import Cache, ModelConfig, Transformer, init_cache
 from rest_jax.sampling.strategies import Strategy
-from rest_jax import tokenizers
 from rest_jax.tokenizers import Tokenizer
 
 

@@ -142,8 +142,8 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
   params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=param_shardings)(params)
   opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
   loss_factory = loss_lib.get(config.loss)
-  state = TrainState(step=distributed.host_to_global(np.asarray(0, np.int32), sharding.replicated(mesh)), params=params,
-                     opt_state=opt_state, cfg=cfg, tx=tx, loss_factory=loss_factory)
+  step0 = distributed.host_to_global(np.asarray(0, np.int32), sharding.replicated(mesh))
+  state = TrainState(step=step0, params=params, opt_state=opt_state, cfg=cfg, tx=tx, loss_factory=loss_factory)
   state_shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings,
                                cfg=cfg, tx=tx, loss_factory=loss_factory)
   step_fn = jit_train_step(state_shardings, mesh)

@@ -136,16 +136,22 @@ def kill_uid(uid: int, timeout_s: float = 5.0) -> None:
 
   The signal comes from kill(-1) run as `uid`, which reaches all of that uid's processes at once, so none escapes
   by forking while a /proc scan would be reading the process list.
+
+  The first kill(-1) is sent before looking at /proc: a scan cannot be trusted while the uid may still fork (a
+  child created after `listdir` whose parent exits before its status is read is missed), and after kill(-1) it
+  cannot, since a fork racing with the signal fails.
   """
   deadline = time.monotonic() + timeout_s
-  while uid_has_processes(uid):
-    if time.monotonic() > deadline:
-      logging.error("sandbox: processes of uid %d survived SIGKILL for %.0f s", uid, timeout_s)
-      return
+  while True:
     # Popen switches to `uid` before exec, and does not exec at all if it cannot: this kill(-1) never runs as root.
     subprocess.run([tool("kill"), "-KILL", "-1"], user=uid, group=uid, extra_groups=[], stdin=subprocess.DEVNULL,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     time.sleep(0.005)
+    if not uid_has_processes(uid):
+      return
+    if time.monotonic() > deadline:
+      logging.error("sandbox: processes of uid %d survived SIGKILL for %.0f s", uid, timeout_s)
+      return
 
 
 def uid_has_processes(uid: int) -> bool:

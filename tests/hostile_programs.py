@@ -250,6 +250,26 @@ if os.fork() == 0:
     os._exit(0)
 print("daemonized", flush=True)
 """, linger_s=1.5),
+    Program("fork_walker", "process that keeps changing its pid (fork, parent exits) to slip past a /proc scan", """
+import os, time
+start = time.monotonic()
+if os.fork() == 0:
+    os.setsid()
+    while time.monotonic() - start < 1:
+        try:
+            if os.fork() != 0:
+                os._exit(0)
+        except OSError:
+            time.sleep(0.001)
+    try:
+        with open({marker_path}, "w") as f:
+            f.write("survived")
+    except OSError:
+        pass
+    time.sleep(5)
+    os._exit(0)
+print("walking", flush=True)
+""", linger_s=1.5),
     Program("zombie_leader", "threads that live on behind a zombie main thread (pthread_exit)", """
 import ctypes, threading, time
 threading.Thread(target=time.sleep, args=(10,)).start()

@@ -85,14 +85,16 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def _load_base(config: ml_collections.ConfigDict, mesh: Any) -> tuple[ModelConfig, Any, tokenizers.Tokenizer]:
-  """The base model: a rest_jax (Orbax) checkpoint, a Hugging Face checkpoint directory, or a GGUF file."""
+def _load_base(config: ml_collections.ConfigDict, mesh: Any
+               ) -> tuple[ModelConfig, Any, tokenizers.Tokenizer, tuple[int, ...]]:
+  """The base model (a rest_jax (Orbax) checkpoint, a Hugging Face checkpoint directory, or a GGUF file), its
+  tokenizer and the ids that end a completion (instruct models have several: end of text and end of turn)."""
   path = config.base.checkpoint or _asset(DEFAULT_BASE.get(config.task.name, ""))
   if path.endswith(".gguf") or os.path.isfile(os.path.join(path, "config.json")):
     from rest_jax import models  # pylint: disable=g-import-not-at-top  (pretrained-model readers load lazily)
 
     lm = models.load_pretrained(path, mesh=mesh, dtype=config.base.get("dtype", "float32"))
-    return lm.config, lm.params, lm.tokenizer
+    return lm.config, lm.params, lm.tokenizer, lm.eos_ids
   if not checkpoints.exists(path):
     raise ValueError(f"base.checkpoint: no checkpoint at {path}; give a rest_jax checkpoint (make one with "
                      f"`python -m rest_jax.tools.pretrain_base`), a Hugging Face directory or a .gguf file")
@@ -102,7 +104,7 @@ def _load_base(config: ml_collections.ConfigDict, mesh: Any) -> tuple[ModelConfi
   if tokenizer.vocab_size > cfg.vocab_size:
     raise ValueError(f"base.tokenizer: {tokenizer.vocab_size} tokens do not fit the model's vocab_size "
                      f"{cfg.vocab_size}")
-  return cfg, params, tokenizer
+  return cfg, params, tokenizer, (tokenizer.eos_id,)
 
 
 class _ChatTokenizer:
@@ -148,11 +150,12 @@ class Experiment:
     _check_workdir_config(workdir, config)
     task = tasks_lib.from_config(config.task)
     mesh = sharding.make_mesh(**config.mesh.to_dict())
-    cfg, base_params, tokenizer = _load_base(config, mesh)
+    cfg, base_params, tokenizer, end_ids = _load_base(config, mesh)
     if config.base.get("chat", False):
       task, tokenizer = _chat_formatted(task, tokenizer)
     sampler = Sampler(cfg, tokenizer, mesh, SamplerConfig(batch_rows=config.sampler.batch_rows,
-                                                          prompt_buckets=tuple(config.sampler.prompt_buckets)))
+                                                          prompt_buckets=tuple(config.sampler.prompt_buckets)),
+                      end_ids=end_ids)
     # Settings first used minutes into a run are checked now.
     TrainConfig(**config.train.to_dict())
     strategies.make(config.rest.temperature, config.rest.top_k, config.rest.top_p)
@@ -291,7 +294,8 @@ class Experiment:
       return policy, self.sampler
     cfg = ModelConfig.from_dict(checkpoints.load_metadata(path)["model_config"])
     params, _ = checkpoints.load(path, shardings=sharding.param_shardings(cfg, self.mesh))
-    return params, Sampler(cfg, self.sampler.tokenizer, self.mesh, self.sampler.config)
+    return params, Sampler(cfg, self.sampler.tokenizer, self.mesh, self.sampler.config, end_ids=self.sampler.end_ids,
+                           pad_id=self.sampler.pad_id)
 
   def rest_em(self) -> None:
     method, c = "rest_em", self.config.rest

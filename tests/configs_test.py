@@ -107,7 +107,7 @@ def test_config_builds_valid_objects(path, mode):
   assert config.eval.val_size <= len(task.split("val"))
 
   # The base model loads (a rest_jax checkpoint, a Hugging Face directory or a GGUF file) with its tokenizer.
-  model_config, _, tokenizer = experiment._load_base(config, sharding.make_mesh(devices=jax.devices()[:1]))
+  model_config, _, tokenizer, _ = experiment._load_base(config, sharding.make_mesh(devices=jax.devices()[:1]))
   assert tokenizer.vocab_size <= model_config.vocab_size
   if config.base.get("chat", False):
     task, tokenizer = experiment._chat_formatted(task, tokenizer)

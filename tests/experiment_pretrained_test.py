@@ -1,6 +1,7 @@
 """The EM loop on a Hugging Face base model with a chat template (a tiny random llama, written by transformers)."""
 
 import importlib.util
+import json
 import pathlib
 
 import ml_collections
@@ -19,6 +20,9 @@ def test_rest_em_starts_from_a_hugging_face_checkpoint_with_its_chat_template(tm
   write_checkpoint(model_dir, "llama")
   _tokenizer_dir(model_dir, {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "add_bos_token": True,
                              "chat_template": TEMPLATE})
+  # An instruct model ends a turn with its own id as well as EOS (as Llama 3 and Qwen do): sampling stops at both.
+  end_of_turn = 12
+  (model_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, end_of_turn]}))
   spec = importlib.util.spec_from_file_location("default_config", ROOT / "configs" / "default.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -35,6 +39,7 @@ def test_rest_em_starts_from_a_hugging_face_checkpoint_with_its_chat_template(tm
   assert (exp.cfg.num_layers, exp.cfg.vocab_size) == (2, 128)
   # The template writes BOS itself, so the sampler must not add another.
   assert exp.sampler.tokenizer.add_bos is False
+  assert exp.sampler.end_ids == (exp.sampler.tokenizer.eos_id, end_of_turn)
   exp.log.close()
 
   records = experiment.run(c, tmp_path / "run")

@@ -1,8 +1,8 @@
 """`LM`: a pretrained model's config, params and tokenizer, with logits and generation for tests and notebooks.
 
-Generation runs the project's sampler (`rest_jax.sampling.sample_tokens`: prefill, KV cache, while_loop decode) on
-token ids `LM` builds itself, so that chat prompts (whose template writes any BOS) and several end ids (Llama 3
-instruct) work.
+Generation runs the project's sampler (`Sampler.iter_sample_ids`: prompt buckets, prefill, KV cache, while_loop
+decode) on token ids `LM` builds itself, so that chat prompts (whose template writes any BOS) and several end ids
+(Llama 3 instruct) work.
 
 Shape letters: B rows, T tokens, V vocabulary, P prompts, L prompt bucket, N new tokens.
 """
@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rest_jax import distributed
 from rest_jax import tokenizers
 from rest_jax.model import sharding
 from rest_jax.model.transformer import ModelConfig, Transformer, causal_mask
@@ -59,32 +58,23 @@ class LM:
   def generate_ids(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, *, temperature: float = 0.0,
                    top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> list[list[int]]:
     """Continues each id sequence as given (no BOS added); the ending id, if reached, is not returned."""
-    if not prompt_ids:
-      return []
     if max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    for i, ids in enumerate(prompt_ids):
-      if not ids:
-        raise ValueError(f"prompt {i} is empty")
-    L = max(_MIN_BUCKET, 1 << (max(len(p) for p in prompt_ids) - 1).bit_length())
-    shards = sharding.batch_divisor(self.mesh)
-    P = -(-len(prompt_ids) // shards) * shards
-    prompt_PxL = np.full((P, L), self.pad_id, np.int32)
-    pad_P = np.full((P,), L - 1, np.int32)  # Filler rows: a single pad token.
-    for row, ids in enumerate(prompt_ids):
-      prompt_PxL[row, L - len(ids):] = ids
-      pad_P[row] = L - len(ids)
-    eos_id, *other_ends = self.eos_ids
-    with sharding.use_mesh(self.mesh):
-      tokens_PxN, length_P = sampler.sample_tokens(
-          self.params, *sharding.shard_batch((prompt_PxL, pad_P), self.mesh), jax.random.key(seed), cfg=self.config,
-          strategy=strategies.make(temperature, top_k, top_p), num_samples=1, max_new_tokens=max_new_tokens,
-          eos_id=eos_id, pad_id=self.pad_id, stop_sequences=tuple((e,) for e in other_ends))
-    tokens_PxN, length_P = distributed.global_to_host((tokens_PxN, length_P))
-    out = []
-    for row in range(len(prompt_ids)):
-      ids = tokens_PxN[row, :length_P[row]].tolist()
-      out.append(ids[:-1] if ids and ids[-1] in self.eos_ids else ids)
+    if not prompt_ids:
+      return []
+    buckets = [_MIN_BUCKET]
+    while buckets[-1] < max(len(p) for p in prompt_ids):
+      buckets.append(2 * buckets[-1])
+    # One call for all prompts of a bucket, as a notebook user expects of a single generate().
+    gen = sampler.Sampler(self.config, None, self.mesh,
+                          sampler.SamplerConfig(batch_rows=len(prompt_ids), prompt_buckets=tuple(buckets)),
+                          end_ids=self.eos_ids, pad_id=self.pad_id)
+    out: list[list[int]] = [[] for _ in prompt_ids]
+    for idx, rows in gen.iter_sample_ids(self.params, prompt_ids, num_samples=1,
+                                         strategy=strategies.make(temperature, top_k, top_p),
+                                         max_new_tokens=max_new_tokens, seed=seed):
+      for i, (ids,) in zip(idx, rows):
+        out[i] = ids
     return out
 
   def generate(self, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0,

@@ -121,10 +121,22 @@ class SamplerConfig:
 
 
 class Sampler:
-  """Host side: tokenizes, buckets and batches prompts, keeps one batch in flight, decodes the text."""
+  """Host side: buckets and batches prompts, keeps one batch in flight; with a tokenizer, encodes and decodes text.
 
-  def __init__(self, cfg: ModelConfig, tokenizer: Tokenizer, mesh: Mesh, config: SamplerConfig = SamplerConfig()):
+  `end_ids` end a row (default: the tokenizer's EOS); instruct models often have several (Llama 3: end of text and
+  end of turn). `pad_id` defaults to the tokenizer's. Without a tokenizer both must be given and only the id methods
+  work.
+  """
+
+  def __init__(self, cfg: ModelConfig, tokenizer: Tokenizer | None, mesh: Mesh, config: SamplerConfig = SamplerConfig(),
+               *, end_ids: Sequence[int] | None = None, pad_id: int | None = None):
+    if tokenizer is None and (end_ids is None or pad_id is None):
+      raise ValueError("a Sampler without a tokenizer needs end_ids and pad_id")
     self.cfg, self.tokenizer, self.mesh, self.config = cfg, tokenizer, mesh, config
+    self.end_ids = tuple(int(e) for e in (end_ids if end_ids is not None else (tokenizer.eos_id,)))
+    self.pad_id = int(pad_id if pad_id is not None else tokenizer.pad_id)
+    if not self.end_ids:
+      raise ValueError("Sampler end_ids must name at least one id")
     self._param_shardings = sharding.param_shardings(cfg, mesh)
 
   def _bucket(self, n: int, index: int) -> int:
@@ -134,20 +146,22 @@ class Sampler:
     raise ValueError(f"prompt {index} has {n} tokens, more than the largest prompt bucket "
                      f"{max(self.config.prompt_buckets)} (sampler.prompt_buckets)")
 
-  def iter_samples(self, params: Any, prompts: Sequence[str], *, num_samples: int, strategy: Strategy,
-                   max_new_tokens: int, seed: int, stop_strings: Sequence[str] = ()
-                   ) -> Iterator[tuple[list[int], list[list[str]]]]:
-    """Yields (prompt indices, their `num_samples` completions each) batch by batch.
+  def iter_sample_ids(self, params: Any, prompt_ids: Sequence[Sequence[int]], *, num_samples: int, strategy: Strategy,
+                      max_new_tokens: int, seed: int, stop_sequences: Sequence[Sequence[int]] = ()
+                      ) -> Iterator[tuple[list[int], list[list[list[int]]]]]:
+    """Yields (prompt indices, their `num_samples` completions' token ids each) batch by batch.
 
-    The next batch is dispatched before the current one is read back, so the device keeps decoding while the caller
-    scores the completions it was just given. Results depend only on the prompts, settings and seed.
+    Prompts are continued as given (no BOS added). A completion stops after an end id, which is dropped, or after a
+    stop sequence, which is kept. The next batch is dispatched before the current one is read back, so the device
+    keeps decoding while the caller scores the completions it was just given. Results depend only on the prompts,
+    settings and seed.
     """
     if num_samples < 1 or max_new_tokens < 1:
       raise ValueError(f"num_samples and max_new_tokens must be >= 1, got {num_samples}, {max_new_tokens}")
-    tok = self.tokenizer
-    encoded = [tokenizers.prefix_ids(tok) + tok.encode(p) for p in prompts]
     by_bucket: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
+    for i, ids in enumerate(prompt_ids):
+      if not len(ids):
+        raise ValueError(f"prompt {i} is empty")
       by_bucket.setdefault(self._bucket(len(ids), i), []).append(i)
     limit = self.config.max_total_len
     if limit is not None and by_bucket and max(by_bucket) + max_new_tokens > limit:
@@ -156,36 +170,49 @@ class Sampler:
     shards = sharding.batch_divisor(self.mesh)
     per_call = max(1, self.config.batch_rows // num_samples)
     per_call = -(-per_call // shards) * shards
-    stop_sequences = tuple(tuple(tok.encode(s)) for s in stop_strings if s)
+    eos_id, *other_ends = self.end_ids
+    stop_sequences = tuple(tuple(int(t) for t in seq) for seq in stop_sequences if len(seq))
+    stop_sequences += tuple((e,) for e in other_ends)
     params = jax.device_put(params, self._param_shardings)
 
     batches = [(L, idx[i:i + per_call]) for L, idx in sorted(by_bucket.items()) for i in range(0, len(idx), per_call)]
 
     def dispatch(batch_index):
       L, idx = batches[batch_index]
-      prompt_PxL = np.full((per_call, L), tok.pad_id, np.int32)
+      prompt_PxL = np.full((per_call, L), self.pad_id, np.int32)
       pad_P = np.full((per_call,), L - 1, np.int32)  # Filler rows: a single pad token.
       for row, i in enumerate(idx):
-        prompt_PxL[row, L - len(encoded[i]):] = encoded[i]
-        pad_P[row] = L - len(encoded[i])
+        prompt_PxL[row, L - len(prompt_ids[i]):] = prompt_ids[i]
+        pad_P[row] = L - len(prompt_ids[i])
       prompt_PxL, pad_P = sharding.shard_batch((prompt_PxL, pad_P), self.mesh)
       rng = jax.random.fold_in(jax.random.key(seed), batch_index)
       with sharding.use_mesh(self.mesh):
         return sample_tokens(params, prompt_PxL, pad_P, rng, cfg=self.cfg, strategy=strategy, num_samples=num_samples,
-                             max_new_tokens=max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                             max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=self.pad_id,
                              stop_sequences=stop_sequences)
 
     in_flight = dispatch(0) if batches else None
     for b, (_, idx) in enumerate(batches):
       current, in_flight = in_flight, dispatch(b + 1) if b + 1 < len(batches) else None
       tokens_BxN, length_B = distributed.global_to_host(current)  # On every process, when the mesh spans several.
-      texts = []
+      rows = []
       for row in range(len(idx) * num_samples):
         ids = tokens_BxN[row, :length_B[row]].tolist()
-        if ids and ids[-1] == tok.eos_id:
-          ids = ids[:-1]
-        texts.append(_truncate(tok.decode(ids), stop_strings))
-      yield list(idx), [texts[j * num_samples:(j + 1) * num_samples] for j in range(len(idx))]
+        rows.append(ids[:-1] if ids and ids[-1] in self.end_ids else ids)
+      yield list(idx), [rows[j * num_samples:(j + 1) * num_samples] for j in range(len(idx))]
+
+  def iter_samples(self, params: Any, prompts: Sequence[str], *, num_samples: int, strategy: Strategy,
+                   max_new_tokens: int, seed: int, stop_strings: Sequence[str] = ()
+                   ) -> Iterator[tuple[list[int], list[list[str]]]]:
+    """Text version of `iter_sample_ids`: prompts get the tokenizer's BOS, completions are cut at `stop_strings`."""
+    tok = self.tokenizer
+    if tok is None:
+      raise ValueError("this Sampler has no tokenizer; use iter_sample_ids")
+    encoded = [tokenizers.prefix_ids(tok) + tok.encode(p) for p in prompts]
+    stop_sequences = [tok.encode(s) for s in stop_strings if s]
+    for idx, ids in self.iter_sample_ids(params, encoded, num_samples=num_samples, strategy=strategy,
+                                         max_new_tokens=max_new_tokens, seed=seed, stop_sequences=stop_sequences):
+      yield idx, [[_truncate(tok.decode(c), stop_strings) for c in row] for row in ids]
 
   def sample(self, params: Any, prompts: Sequence[str], **kwargs) -> list[list[str]]:
     """`num_samples` completions for every prompt, in prompt order. Takes the arguments of `iter_samples`."""

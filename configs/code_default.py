@@ -54,12 +54,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.val_size = 150
 
   if mode == "smoke":
-    c.task.kwargs.update(num_human=16, num_train=24, num_val=8, num_test=16, num_transfer=8)
-    c.rest.num_iterations = 2
-    c.rest.samples_per_problem = 4
-    c.rest.cap = 2
-    c.sampler.batch_rows = 64
-    c.sampler.max_new_tokens = 64
-    c.train.update(max_steps=4, eval_every=2, batch_rows=8, patience=0)
-    c.eval.update(train_subset=8, num_samples=4, ks=(2, 4), val_size=8)
+    config_files.sibling_module(__file__, "default").smoke(c)
+    c.sampler.max_new_tokens = 64  # A program's body is longer than an arithmetic answer.
   return c

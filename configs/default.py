@@ -97,18 +97,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.val_size = 200  # Val problems used for early stopping.
 
   if mode == "smoke":
-    c.task.kwargs.update(num_human=16, num_train=24, num_val=8, num_test=16, num_transfer=8)
-    c.rest.num_iterations = 2
-    c.rest.samples_per_problem = 4
-    c.rest.cap = 2
-    c.sampler.batch_rows = 64
-    c.sampler.max_new_tokens = 48
-    c.train.update(max_steps=4, eval_every=2, batch_rows=8, patience=0)
-    c.eval.update(train_subset=8, num_samples=4, ks=(2, 4), val_size=8)
+    smoke(c)
   elif mode == "rest":
     c.rest.algorithm = "rest"
     c.task.kwargs.reward = "arithmetic_steps"
     c.rest.num_iterations = 2
   elif mode == "scalar":
     c.task.kwargs.reward = "arithmetic_steps"
+  return c
+
+
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks an experiment to a whole run in about a minute, for the tests (configs built on this one use it too)."""
+  c.task.kwargs.update(num_human=16, num_train=24, num_val=8, num_test=16, num_transfer=8)
+  c.rest.num_iterations = 2
+  c.rest.samples_per_problem = 4
+  c.rest.cap = 2
+  c.sampler.batch_rows = 64
+  c.sampler.max_new_tokens = 48
+  c.train.update(max_steps=4, eval_every=2, batch_rows=8, patience=0)
+  c.eval.update(train_subset=8, num_samples=4, ks=(2, 4), val_size=8)
   return c

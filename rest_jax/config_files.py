@@ -3,19 +3,31 @@
 import importlib.util
 import os
 import pathlib
+import types
 
 import ml_collections
 
 
-def load(path: str | os.PathLike[str], mode: str | None = None) -> ml_collections.ConfigDict:
-  """`get_config(mode)` of the config file at `path` (as `--config=path:mode` would give it)."""
+def module(path: str | os.PathLike[str]) -> types.ModuleType:
+  """The config file at `path`, executed as a module (its `get_config` and any helpers it defines)."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise ValueError(f"config file {path} does not exist")
   spec = importlib.util.spec_from_file_location(f"_rest_jax_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(mode) if mode is not None else module.get_config()
+  loaded = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(loaded)
+  return loaded
+
+
+def load(path: str | os.PathLike[str], mode: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(mode)` of the config file at `path` (as `--config=path:mode` would give it)."""
+  get_config = module(path).get_config
+  return get_config(mode) if mode is not None else get_config()
+
+
+def sibling_module(config_file: str, name: str) -> types.ModuleType:
+  """The config file `name`.py next to `config_file` (a config's `__file__`), as a module."""
+  return module(pathlib.Path(config_file).with_name(f"{name}.py"))
 
 
 def sibling(config_file: str, name: str, mode: str | None = None) -> ml_collections.ConfigDict:

@@ -1,14 +1,16 @@
 """The M-step: fine-tune parameters on weighted examples with AdamW, keeping the best on a validation metric.
 
 `train_step(state, batch) -> (state, metrics)` is a module-level pure function, jitted once with the state donated.
+The learning-rate schedule's length lives in the optimizer state, so M-steps of any length share one compiled step.
 Shape letters: A micro-batches (gradient accumulation), B rows, T tokens.
 """
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -67,21 +69,79 @@ class TrainState:
   loss_factory: loss_lib.LossFactory = flax.struct.field(pytree_node=False)
 
 
-def make_optimizer(c: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-  warmup = min(c.warmup_steps, max(total_steps - 1, 0))
-  decay_steps = max(total_steps - warmup, 1)
-  end = c.learning_rate * c.end_lr_factor
-  decay = {
-      "cosine": optax.cosine_decay_schedule(c.learning_rate, decay_steps, alpha=c.end_lr_factor),
-      "linear": optax.linear_schedule(c.learning_rate, end, decay_steps),
-      "constant": optax.constant_schedule(c.learning_rate),
-  }[c.lr_schedule]
-  schedule = optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, warmup), decay], [warmup])
-  # No weight decay on norm scales and biases (1-D parameters).
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+class _ScheduleState(NamedTuple):
+  count: jax.Array  # int32: updates made so far.
+  total_steps: jax.Array  # int32: the M-step's length, which sets the decay; data, so that no length recompiles.
+
+
+def learning_rate(c: TrainConfig, step: Any, total_steps: Any) -> jax.Array:
+  """The learning rate of update `step` (from 0) of `total_steps`: linear warmup from 0, then `c.lr_schedule`.
+
+  optax's linear warmup joined to its cosine / linear / constant decay, operation for operation, with the lengths as
+  arrays so that `total_steps` may be traced (under jit, dividing by a traced length may round in the last bit where
+  optax's constant length would not).
+  """
+  step, total = jnp.asarray(step, jnp.int32), jnp.asarray(total_steps, jnp.int32)
+  warmup = jnp.minimum(c.warmup_steps, jnp.maximum(total - 1, 0))
+  decay_steps = jnp.maximum(total - warmup, 1)
+  peak, alpha = c.learning_rate, c.end_lr_factor
+  t = step - warmup
+  if c.lr_schedule == "cosine":
+    decayed = peak * ((1 - alpha) * (0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(t, decay_steps) / decay_steps))) + alpha)
+  elif c.lr_schedule == "linear":
+    decayed = (peak - peak * alpha) * (1 - jnp.clip(t, 0, decay_steps) / decay_steps) + peak * alpha
+  else:
+    decayed = jnp.full(jnp.shape(step), peak, jnp.float32)
+  warm = (0.0 - peak) * (1 - jnp.clip(step, 0, warmup) / jnp.maximum(warmup, 1)) + peak
+  return jnp.where(step < warmup, warm, decayed)
+
+
+def _scale_by_learning_rate(c: TrainConfig) -> optax.GradientTransformation:
+  """Multiplies updates by -learning_rate(c, count, total_steps); train() writes total_steps into the state."""
+
+  def init(params):
+    del params
+    return _ScheduleState(count=jnp.zeros([], jnp.int32), total_steps=jnp.ones([], jnp.int32))
+
+  def update(updates, state, params=None):
+    del params
+    lr = learning_rate(c, state.count, state.total_steps)
+    return jax.tree.map(lambda u: -lr * u, updates), state._replace(count=state.count + 1)
+
+  return optax.GradientTransformation(init, update)
+
+
+def _decay_mask(params: Any) -> Any:
+  return jax.tree.map(lambda p: p.ndim > 1, params)  # No weight decay on norm scales and biases (1-D parameters).
+
+
+# TrainConfig fields the optimizer does not read: M-steps that differ only in these share one optimizer object.
+_NOT_OPTIMIZER_FIELDS = ("seq_len", "batch_rows", "micro_batches", "num_epochs", "max_steps", "eval_every", "patience",
+                         "loss", "seed")
+
+
+def make_optimizer(c: TrainConfig) -> optax.GradientTransformation:
+  """Clipped AdamW with warmup and decay over the length `with_total_steps` writes into the state (default 1)."""
+  default = TrainConfig()
+  return _optimizer(dataclasses.replace(c, **{f: getattr(default, f) for f in _NOT_OPTIMIZER_FIELDS}))
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizer(c: TrainConfig) -> optax.GradientTransformation:
+  # AdamW as optax composes it (Adam moments, decoupled weight decay, learning rate), with the schedule's length in
+  # the state. The optimizer is a static part of the jitted step: the same object for the same settings lets every
+  # M-step of a run reuse the step compiled for the first.
   return optax.chain(
       optax.clip_by_global_norm(c.grad_clip),
-      optax.adamw(schedule, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay, mask=decay_mask))
+      optax.scale_by_adam(b1=c.b1, b2=c.b2),
+      optax.add_decayed_weights(c.weight_decay, mask=_decay_mask),
+      _scale_by_learning_rate(c))
+
+
+def with_total_steps(opt_state: Any, total_steps: Any) -> Any:
+  """`opt_state` of `make_optimizer` with the schedule's length set to `total_steps`."""
+  *rest, schedule = opt_state
+  return (*rest, schedule._replace(total_steps=jnp.asarray(total_steps, jnp.int32)))
 
 
 def train_step(state: TrainState, batch_AxBxT: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -102,11 +162,17 @@ def train_step(state: TrainState, batch_AxBxT: dict[str, jax.Array]) -> tuple[Tr
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def jit_train_step(state_shardings: TrainState, mesh: Mesh):
-  """`train_step` jitted for a mesh: the state keeps its shardings from step to step, so it compiles once."""
+def jit_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, loss_factory: loss_lib.LossFactory,
+                   mesh: Mesh) -> tuple[Callable[..., Any], TrainState]:
+  """(`train_step` jitted for a mesh, the state's shardings). The state keeps its shardings from step to step, so it
+  compiles once; equal static parts (the same `tx` object: see `make_optimizer`) reuse JAX's compilation cache."""
+  param_shardings, opt_shardings = sharding.train_state_shardings(cfg, mesh, tx)
+  state_shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings,
+                               cfg=cfg, tx=tx, loss_factory=loss_factory)
   # The state is donated: its buffers are rewritten in place instead of doubling parameter and optimizer memory.
-  return jax.jit(train_step, donate_argnums=0, in_shardings=(state_shardings, _batch_sharding(mesh)),
-                 out_shardings=(state_shardings, sharding.replicated(mesh)))
+  step_fn = jax.jit(train_step, donate_argnums=0, in_shardings=(state_shardings, _batch_sharding(mesh)),
+                    out_shardings=(state_shardings, sharding.replicated(mesh)))
+  return step_fn, state_shardings
 
 
 @dataclasses.dataclass
@@ -136,17 +202,16 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
   total_steps = max(1, int(round(per_epoch * config.num_epochs)))
   if config.max_steps > 0:
     total_steps = min(total_steps, config.max_steps)
-  tx = make_optimizer(config, total_steps)
-  param_shardings, opt_shardings = sharding.train_state_shardings(cfg, mesh, tx)
-  # A fresh copy: the caller's params (the base model) stay valid although the train state is donated.
-  params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=param_shardings)(params)
-  opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+  tx = make_optimizer(config)
   loss_factory = loss_lib.get(config.loss)
-  step0 = distributed.host_to_global(np.asarray(0, np.int32), sharding.replicated(mesh))
+  step_fn, state_shardings = jit_train_step(cfg, tx, loss_factory, mesh)
+  # A fresh copy: the caller's params (the base model) stay valid although the train state is donated.
+  params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=state_shardings.params)(params)
+  replicated = sharding.replicated(mesh)
+  opt_state = jax.jit(lambda p, n: with_total_steps(tx.init(p), n), out_shardings=state_shardings.opt_state)(
+      params, distributed.host_to_global(np.asarray(total_steps, np.int32), replicated))
+  step0 = distributed.host_to_global(np.asarray(0, np.int32), replicated)
   state = TrainState(step=step0, params=params, opt_state=opt_state, cfg=cfg, tx=tx, loss_factory=loss_factory)
-  state_shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings,
-                               cfg=cfg, tx=tx, loss_factory=loss_factory)
-  step_fn = jit_train_step(state_shardings, mesh)
 
   rng = np.random.default_rng(config.seed)
   best_params, best_val, best_step = None, None, 0

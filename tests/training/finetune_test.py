@@ -151,6 +151,55 @@ def test_train_compiles_the_step_once(trained):
   assert len(step_traces) == 1
 
 
+def _optax_schedule(c: TrainConfig, total_steps: int):
+  """The schedule as optax's own pieces compose it: linear warmup joined to the decay over the remaining steps."""
+  warmup = min(c.warmup_steps, max(total_steps - 1, 0))
+  decay_steps = max(total_steps - warmup, 1)
+  decay = {
+      "cosine": optax.cosine_decay_schedule(c.learning_rate, decay_steps, alpha=c.end_lr_factor),
+      "linear": optax.linear_schedule(c.learning_rate, c.learning_rate * c.end_lr_factor, decay_steps),
+      "constant": optax.constant_schedule(c.learning_rate),
+  }[c.lr_schedule]
+  return optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, warmup), decay], [warmup])
+
+
+@pytest.mark.parametrize("lr_schedule", ["cosine", "linear", "constant"])
+@pytest.mark.parametrize("warmup_steps", [0, 3, 20])
+def test_learning_rate_is_optax_warmup_then_decay(lr_schedule, warmup_steps):
+  c = TrainConfig(learning_rate=2e-3, lr_schedule=lr_schedule, warmup_steps=warmup_steps, end_lr_factor=0.1)
+  for total in (1, 2, 5, 40):
+    steps = np.arange(total + 3)
+    expected = np.array([float(_optax_schedule(c, total)(s)) for s in steps])
+    np.testing.assert_allclose(finetune.learning_rate(c, steps, total), expected, rtol=1e-6, atol=1e-12)
+
+
+def test_m_steps_of_any_length_share_one_compiled_step(params):
+  """The schedule's length is data in the optimizer state: an M-step of another length, seed and patience reuses the
+  step compiled for the first, and trains exactly as a step compiled for it alone would."""
+  traces = {"shared": 0, "alone": 0}
+
+  def counting(name):
+    def factory(cfg, batch):
+      traces[name] += 1
+      return loss.weighted_nll(cfg, batch)
+    return factory
+
+  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  run = lambda loss_name, max_steps, seed, patience: finetune.train(
+      params, _examples(), cfg=CFG, mesh=mesh, config=TrainConfig(
+          learning_rate=1e-2, warmup_steps=2, seq_len=SEQ_LEN, batch_rows=4, num_epochs=50, loss=loss_name,
+          max_steps=max_steps, seed=seed, patience=patience))
+  with pytest.MonkeyPatch.context() as patch:
+    for name in traces:  # Two loss objects: the second run of "shared" must not see the first's schedule.
+      patch.setitem(loss.LOSSES, name, counting(name))
+    run("shared", 6, 0, 0)
+    second = run("shared", 3, 1, 9)
+    alone = run("alone", 3, 1, 9)
+  assert traces == {"shared": 1, "alone": 1}
+  assert second.steps == 3 and _max_diff(second.params, alone.params) == 0
+  assert _max_diff(second.params, params) > 1e-3
+
+
 def test_train_rejects_no_examples_and_batch_rows_not_divisible_by_the_batch_shards(params):
   mesh = sharding.make_mesh(devices=jax.devices()[:2])  # data=2.
   with pytest.raises(ValueError, match="no training examples"):

@@ -1,6 +1,9 @@
 """Behaviour tests for rest_jax.model.sharding on 8 host CPU devices (tests/conftest.py sets XLA_FLAGS)."""
 
+import dataclasses
 import functools
+import itertools
+import random
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +69,55 @@ def test_make_mesh_shapes(kwargs, shape):
 def test_make_mesh_rejects_bad_shapes(kwargs, message):
   with pytest.raises(ValueError, match=message):
     sharding.make_mesh(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FakeTpu:
+  """What jax.experimental.mesh_utils reads of a TPU chip (one core each, as on v4)."""
+
+  id: int
+  coords: tuple[int, int, int]
+  slice_index: int = 0
+  core_on_chip: int = 0
+  process_index: int = 0
+  platform: str = "tpu"
+  device_kind: str = "TPU v4"
+
+
+def _shuffled_cube(slice_index: int = 0) -> list[_FakeTpu]:
+  """A 2x2x2 torus of chips listed in a scrambled order (as a host list may be)."""
+  coords = list(itertools.product(range(2), repeat=3))
+  random.Random(0).shuffle(coords)
+  return [_FakeTpu(8 * slice_index + i, c, slice_index) for i, c in enumerate(coords)]
+
+
+def _neighbours_along(grid: np.ndarray, axis: int) -> bool:
+  """Whether devices adjacent along `axis` of the grid are one hop apart on the torus."""
+  a, b = np.moveaxis(grid, axis, 0)[:-1].ravel(), np.moveaxis(grid, axis, 0)[1:].ravel()
+  return all(sum(x != y for x, y in zip(d.coords, e.coords)) == 1 for d, e in zip(a, b))
+
+
+def test_the_device_grid_follows_the_tpu_torus_not_the_listed_order():
+  devices = _shuffled_cube()
+  grid = sharding.device_grid([2, 2, 2], devices)
+  assert sorted(d.id for d in grid.flat) == list(range(8))
+  assert all(_neighbours_along(grid, axis) for axis in range(3))
+  # The listed order would not: the test can tell the two apart.
+  assert not all(_neighbours_along(np.asarray(devices).reshape(2, 2, 2), axis) for axis in range(3))
+
+
+def test_a_multi_slice_job_splits_data_across_slices_first():
+  devices = _shuffled_cube(0) + _shuffled_cube(1)
+  grid = sharding.device_grid([4, 2, 2], devices)
+  assert [{d.slice_index for d in grid[i].flat} for i in range(4)] == [{0}, {0}, {1}, {1}]
+  assert all(_neighbours_along(grid[:2], axis) for axis in (1, 2))  # Inside a slice, still the torus.
+  with pytest.raises(ValueError, match="data=1 must be a multiple of the 2 slices"):
+    sharding.device_grid([1, 4, 4], devices)
+
+
+def test_cpu_grids_keep_the_listed_order():
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  assert [d.id for d in mesh.devices.flat] == [d.id for d in jax.devices()]
 
 
 def test_param_shardings_follow_the_logical_rules():

@@ -36,18 +36,50 @@ class Sampling:
 
   def next_tokens(self, logits_BxV: jax.Array, rng: jax.Array) -> jax.Array:
     logits_BxV = logits_BxV.astype(jnp.float32) / self.temperature
-    neg_inf = jnp.finfo(jnp.float32).min
-    if self.top_k is not None and self.top_k < logits_BxV.shape[-1]:
-      kth_B1 = jax.lax.top_k(logits_BxV, self.top_k)[0][:, -1:]
-      logits_BxV = jnp.where(logits_BxV < kth_B1, neg_inf, logits_BxV)
-    if self.top_p is not None and self.top_p < 1:
-      sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-      probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    B, V = logits_BxV.shape
+    top_k = self.top_k if self.top_k is not None and self.top_k < V else None
+    top_p = self.top_p if self.top_p is not None and self.top_p < 1 else None
+    if top_k is None and top_p is None:
+      return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
+    if top_k is None:  # Nucleus only: found without sorting the vocabulary (a sort of V costs more than a forward).
+      probs_BxV = jax.nn.softmax(logits_BxV, axis=-1)
+      keep_BxV = _float_bits(probs_BxV) >= _nucleus_floor(probs_BxV, top_p)[:, None]
+      return jax.random.categorical(rng, jnp.where(keep_BxV, logits_BxV, -jnp.inf), axis=-1).astype(jnp.int32)
+    # Top k (then the nucleus inside it): draw among the K candidates rather than masking V logits.
+    candidates_BxK, ids_BxK = jax.lax.top_k(logits_BxV, top_k)
+    probs_BxK = jax.nn.softmax(candidates_BxK, axis=-1)
+    if top_p is not None:
       # Keep a token if the mass strictly before it is below top_p (the most likely token is always kept).
-      mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
-      cutoff_B1 = jnp.min(jnp.where(mass_before_BxV < self.top_p, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
-      logits_BxV = jnp.where(logits_BxV < cutoff_B1, neg_inf, logits_BxV)
-    return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
+      probs_BxK = jnp.where(jnp.cumsum(probs_BxK, axis=-1) - probs_BxK < top_p, probs_BxK, 0.0)
+    # Inverse-CDF draw with one uniform per row: the first candidate whose cumulative mass exceeds u.
+    cdf_BxK = jnp.cumsum(probs_BxK, axis=-1)
+    u_Bx1 = jax.random.uniform(rng, (B, 1)) * cdf_BxK[:, -1:]
+    choice_B = jnp.minimum(jnp.sum(cdf_BxK <= u_Bx1, axis=-1), jnp.sum(probs_BxK > 0, axis=-1) - 1)
+    return jnp.take_along_axis(ids_BxK, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+def _nucleus_floor(probs_BxV: jax.Array, top_p: float) -> jax.Array:
+  """Per row, the smallest probability of the top-p nucleus, as float32 bits: the largest t with
+  sum(p >= t) >= top_p, found by bisection over the bit patterns (ordered like the values for non-negative floats).
+
+  This is the nucleus of the sorted definition (tokens in decreasing order while the mass before them is below top_p),
+  except that tokens tied with the last one are all kept. 31 masked sums over V replace a sort of V.
+  """
+  bits_BxV = _float_bits(probs_BxV)
+
+  def halve(_, bounds):
+    lo_B, hi_B = bounds  # The mass from lo up is >= top_p; from hi up it is not.
+    mid_B = lo_B + (hi_B - lo_B) // 2
+    enough_B = jnp.sum(jnp.where(bits_BxV >= mid_B[:, None], probs_BxV, 0.0), axis=-1) >= top_p
+    return jnp.where(enough_B, mid_B, lo_B), jnp.where(enough_B, hi_B, mid_B)
+
+  lo_B = jnp.zeros(probs_BxV.shape[:1], jnp.int32)
+  hi_B = jnp.max(bits_BxV, axis=-1) + 1
+  return jax.lax.fori_loop(0, 31, halve, (lo_B, hi_B))[0]
+
+
+def _float_bits(x: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(x, jnp.int32)
 
 
 Strategy = Greedy | Sampling

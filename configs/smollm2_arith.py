@@ -9,7 +9,7 @@ have now?"), asked through the model's chat template; the reward is the last num
 rest_jax on 64 test problems: greedy pass@1 0.14, pass@8 (T=0.7, top-k 40) 0.45, so the E-step finds correct
 answers that greedy decoding misses.
 
-Arguments after the colon select a mode: "" (CPU-sized: tens of problems, about ten minutes per iteration on 2 CPU
+Arguments after the colon select a mode: "" (CPU-sized: tens of problems, about six minutes per iteration on 2 CPU
 cores), "large" (thousands of problems, for an accelerator).
 """
 

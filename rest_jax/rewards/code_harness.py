@@ -29,8 +29,8 @@ never a subclass with its own `__eq__`):
   reference              ["r", name]  (trusted -> harness only: a global of the shared setup code, e.g. a tree node)
 """
 
+import _json  # json's C half: importing json itself (and re with it) would add ~10 ms to every sandbox's start.
 import builtins
-import json
 import os
 import sys
 
@@ -180,19 +180,48 @@ def _parse_int(text):
   return int(text)
 
 
+class _StrictDecoding:
+  """What json's C scanner reads of a decoder: no NaN/Infinity constants, no plain floats, short plain ints."""
+
+  strict = True
+  object_hook = None
+  object_pairs_hook = None
+  parse_float = staticmethod(_reject_float)
+  parse_int = staticmethod(_parse_int)
+  parse_constant = staticmethod(_reject_constant)
+
+
+_scan_once = _json.make_scanner(_StrictDecoding())
+_JSON_WHITESPACE = " \t\n\r"
+
+
 def loads(text):
   """Strict JSON: no NaN/Infinity constants, no plain floats, short plain ints (floats and big ints are tagged)."""
+  start = len(text) - len(text.lstrip(_JSON_WHITESPACE))
   try:
-    return json.loads(text, parse_constant=_reject_constant, parse_float=_reject_float, parse_int=_parse_int)
+    value, end = _scan_once(text, start)
+  except CodecError:
+    raise
   except RecursionError:
     raise CodecError("JSON nested too deeply") from None
-  except json.JSONDecodeError as e:
-    raise CodecError("bad JSON: " + e.msg) from None
+  except StopIteration:
+    raise CodecError("bad JSON: expecting a value") from None
+  except ValueError as e:  # json.decoder.JSONDecodeError, which the C scanner imports only to raise it.
+    raise CodecError("bad JSON: " + str(e).split(":")[0]) from None
+  if text[end:].strip(_JSON_WHITESPACE):
+    raise CodecError("bad JSON: extra data")
+  return value
+
+
+def _not_json(value):
+  raise TypeError("a " + _type_name(value) + " is not JSON")
 
 
 def dumps(obj):
   """One line of JSON, ASCII only, no NaN (everything a float could be is tagged)."""
-  return json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+  # A fresh encoder per call: its cycle markers must not outlive a failed call.
+  encoder = _json.make_encoder({}, _not_json, _json.encode_basestring_ascii, None, ":", ",", False, False, False)
+  return "".join(encoder(obj, 0))
 
 
 def _type_name(value):

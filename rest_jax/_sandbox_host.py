@@ -301,7 +301,7 @@ class FilesystemView:
     made = self.made if made is None else made
     args = []
     for parent in reversed([str(p) for p in pathlib.PurePath(path).parents]):
-      if parent not in made and not under(parent, self.mounted):
+      if parent not in made and not self.visible(parent):
         args += ["--perms", "0755", "--dir", parent]
         made.add(parent)
     return args

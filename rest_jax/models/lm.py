@@ -62,8 +62,8 @@ class LM:
       raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not prompt_ids:
       return []
-    buckets = [_MIN_BUCKET]
-    while buckets[-1] < max(len(p) for p in prompt_ids):
+    longest, buckets = max(len(p) for p in prompt_ids), [_MIN_BUCKET]
+    while buckets[-1] < longest:
       buckets.append(2 * buckets[-1])
     # One call for all prompts of a bucket, as a notebook user expects of a single generate().
     gen = sampler.Sampler(self.config, None, self.mesh,

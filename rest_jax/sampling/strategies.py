@@ -42,8 +42,7 @@ class Sampling:
     if top_k is None and top_p is None:
       return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
     if top_k is None:  # Nucleus only: found without sorting the vocabulary (a sort of V costs more than a forward).
-      probs_BxV = jax.nn.softmax(logits_BxV, axis=-1)
-      keep_BxV = _float_bits(probs_BxV) >= _nucleus_floor(probs_BxV, top_p)[:, None]
+      keep_BxV = _nucleus(jax.nn.softmax(logits_BxV, axis=-1), top_p)
       return jax.random.categorical(rng, jnp.where(keep_BxV, logits_BxV, -jnp.inf), axis=-1).astype(jnp.int32)
     # Top k (then the nucleus inside it): draw among the K candidates rather than masking V logits.
     candidates_BxK, ids_BxK = jax.lax.top_k(logits_BxV, top_k)
@@ -58,14 +57,15 @@ class Sampling:
     return jnp.take_along_axis(ids_BxK, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
-def _nucleus_floor(probs_BxV: jax.Array, top_p: float) -> jax.Array:
-  """Per row, the smallest probability of the top-p nucleus, as float32 bits: the largest t with
-  sum(p >= t) >= top_p, found by bisection over the bit patterns (ordered like the values for non-negative floats).
+def _nucleus(probs_BxV: jax.Array, top_p: float) -> jax.Array:
+  """Which tokens are in each row's top-p nucleus: those at least as likely as the nucleus's least likely one, the
+  largest p_min with sum(p >= p_min) >= top_p, found by bisection over the float32 bit patterns (ordered like the
+  values for non-negative floats).
 
   This is the nucleus of the sorted definition (tokens in decreasing order while the mass before them is below top_p),
   except that tokens tied with the last one are all kept. 31 masked sums over V replace a sort of V.
   """
-  bits_BxV = _float_bits(probs_BxV)
+  bits_BxV = jax.lax.bitcast_convert_type(probs_BxV, jnp.int32)
 
   def halve(_, bounds):
     lo_B, hi_B = bounds  # The mass from lo up is >= top_p; from hi up it is not.
@@ -75,11 +75,8 @@ def _nucleus_floor(probs_BxV: jax.Array, top_p: float) -> jax.Array:
 
   lo_B = jnp.zeros(probs_BxV.shape[:1], jnp.int32)
   hi_B = jnp.max(bits_BxV, axis=-1) + 1
-  return jax.lax.fori_loop(0, 31, halve, (lo_B, hi_B))[0]
-
-
-def _float_bits(x: jax.Array) -> jax.Array:
-  return jax.lax.bitcast_convert_type(x, jnp.int32)
+  floor_B = jax.lax.fori_loop(0, 31, halve, (lo_B, hi_B))[0]
+  return bits_BxV >= floor_B[:, None]
 
 
 Strategy = Greedy | Sampling

@@ -78,8 +78,7 @@ def test_the_nucleus_found_without_sorting_is_the_sorted_nucleus(top_p):
   logits_BxV = np.concatenate([rs.normal(size=(16, V)) * scale for scale in (0.3, 3.0, 10.0)]).astype(np.float32)
   logits_BxV[0] = 0.0  # Uniform: the nucleus is a set of ties, all kept.
   probs_BxV = np.asarray(jax.nn.softmax(jnp.asarray(logits_BxV), axis=-1))
-  floor_B = jax.jit(strategies._nucleus_floor, static_argnums=1)(jnp.asarray(probs_BxV), top_p)
-  kept_BxV = probs_BxV.view(np.int32) >= np.asarray(floor_B)[:, None]
+  kept_BxV = np.asarray(jax.jit(strategies._nucleus, static_argnums=1)(jnp.asarray(probs_BxV), top_p))
   for row in range(1, len(probs_BxV)):
     p_V = probs_BxV[row].astype(np.float64)
     order = np.argsort(-p_V, kind="stable")

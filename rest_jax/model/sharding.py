@@ -79,7 +79,9 @@ def device_grid(shape: Sequence[int], devices: Sequence[Any]) -> np.ndarray:
                                                  allow_split_physical_axes=True)
   try:
     return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
-  except (ValueError, NotImplementedError, AssertionError) as e:  # A shape the physical torus cannot take.
+  # mesh_utils refuses a shape the torus cannot take (ValueError, NotImplementedError) and a set of chips with holes
+  # in it, such as some of a host's chips (AssertionError): then the listed order, as before topology was read.
+  except (ValueError, NotImplementedError, AssertionError) as e:
     logging.warning("mesh: %s does not map onto the devices' physical topology (%s); using their listed order",
                     shape, e)
     return np.asarray(devices).reshape(shape)

@@ -115,6 +115,14 @@ def test_a_multi_slice_job_splits_data_across_slices_first():
     sharding.device_grid([1, 4, 4], devices)
 
 
+def test_chips_with_holes_between_them_keep_the_listed_order(caplog):
+  corners = [d for d in _shuffled_cube() if sum(d.coords) % 2 == 0]  # 4 chips of the cube, no two adjacent.
+  with caplog.at_level("WARNING"):
+    grid = sharding.device_grid([2, 1, 2], corners)
+  assert [d.id for d in grid.flat] == [d.id for d in corners]
+  assert "does not map onto the devices' physical topology" in caplog.text
+
+
 def test_cpu_grids_keep_the_listed_order():
   mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
   assert [d.id for d in mesh.devices.flat] == [d.id for d in jax.devices()]

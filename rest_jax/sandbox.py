@@ -46,7 +46,6 @@ import itertools
 import logging
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -100,14 +99,53 @@ def backend() -> str:
     return RLIMITS
   if forced == BUBBLEWRAP:
     if _bubblewrap_problem():
-      raise RuntimeError(f"{_BACKEND_ENV}=bubblewrap but {_bubblewrap_problem()}")
+      raise Unavailable(f"{_BACKEND_ENV}=bubblewrap but {_bubblewrap_problem()}")
     return BUBBLEWRAP
   if forced:
     raise ValueError(f"{_BACKEND_ENV} must be {BUBBLEWRAP!r} or {RLIMITS!r}, got {forced!r}")
   if _bubblewrap_problem():
-    _warn_fallback()
+    if os.geteuid() == 0:
+      _warn_fallback()
     return RLIMITS
   return BUBBLEWRAP
+
+
+class Unavailable(RuntimeError):
+  """No sandbox can run programs here without running them as a uid that could harm the caller (one line: the fix)."""
+
+
+def unavailable_reason(name: str) -> str:
+  """Why backend `name` cannot run programs here, with how to fix it; "" when it can.
+
+  The interpreter copy the rlimits backend may need is made (and can fail) when its first program starts.
+  """
+  if name == BUBBLEWRAP:
+    return _bubblewrap_problem()
+  if name != RLIMITS:
+    raise ValueError(f"unknown sandbox backend {name!r}: use {BUBBLEWRAP!r} or {RLIMITS!r}")
+  if os.geteuid() == 0:
+    return ""
+  # As our own uid, a program could signal and ptrace this process, and read and write everything we can.
+  why = _bubblewrap_problem() or f"{_BACKEND_ENV}=rlimits"
+  return (f"the sandbox refuses to run untrusted programs as this process's own uid {os.geteuid()} ({why}); to fix"
+          f" it, make bubblewrap work (it needs unprivileged user namespaces, see /proc/sys/user/max_user_namespaces;"
+          f" {_host.BWRAP_FIX}) or run as root, where the rlimits backend drops to a dedicated uid")
+
+
+def _rlimits_argv(argv: list[str], uid: int) -> tuple[list[str], Mapping[str, str]]:
+  """argv as slot uid `uid` can run it, and what it needs in its environment: this interpreter becomes the copy of
+  it that the uid can reach (`_host.interpreter_for`); any other program must already be reachable."""
+  if argv[0] == sys.executable:
+    try:
+      interpreter = _host.interpreter_for(uid)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+      raise Unavailable(f"the rlimits sandbox cannot give uid {uid} a copy of {sys.executable}: {e}; to fix it,"
+                        f" {_host.BWRAP_FIX}, or use an interpreter every uid can read (e.g. /usr/bin/python3)") from e
+    return [interpreter.executable, *argv[1:]], interpreter.env
+  if not _host.reachable_by_others(argv[0]):
+    raise Unavailable(f"the rlimits sandbox cannot run {argv[0]}: its uid {uid} cannot reach it; to fix it,"
+                      f" {_host.BWRAP_FIX}, or put the program where every uid can read it")
+  return argv, {}
 
 
 def python_argv(script: str, *args: str) -> list[str]:
@@ -257,27 +295,29 @@ class _Sandbox:
 
   def _launch(self, argv: list[str], files: Mapping[str, str | bytes]) -> None:
     uid = None
+    extra_env: Mapping[str, str] = {}
+    if self._backend == RLIMITS and os.geteuid() != 0:
+      raise Unavailable(unavailable_reason(RLIMITS))
     if os.geteuid() == 0:
-      if self._backend == BUBBLEWRAP or _host.reachable_by_others(argv[0]):
-        self._slot = _host.SLOTS.acquire()
-        uid = self._slot.uid
-        if self._backend == RLIMITS:
-          _host.kill_uid(uid)  # Leftovers of a process that died before it could clean up.
-      else:
-        _warn_once(f"the rlimits sandbox runs {argv[0]} as root, since an unprivileged uid cannot reach it: the"
-                   " process limit and file permissions do not hold")
+      self._slot = _host.SLOTS.acquire()
+      uid = self._slot.uid
+      if self._backend == RLIMITS:
+        argv, extra_env = _rlimits_argv(argv, uid)
+        _host.kill_uid(uid)  # Leftovers of a process that died before it could clean up.
     self._workdir = _host.make_workdir(files, uid)
     env = {"PATH": _host.PATH, "HOME": self._workdir, "PWD": self._workdir, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
-           "PYTHONDONTWRITEBYTECODE": "1"}
+           "PYTHONDONTWRITEBYTECODE": "1", **extra_env}
     pass_fds: tuple[int, ...] = ()
     if self._backend == BUBBLEWRAP:
       self._info_r, info_w = os.pipe()
       pass_fds = (info_w,)
       command = _host.bubblewrap_command(argv, self._workdir, uid, info_w, env, self.limits)
     else:
-      command = _host.privileges_command(uid) + argv
-    # Under root each sandbox has its own uid (and root itself is not limited); otherwise the kernel counts all of
-    # our processes, so the limit is what we have now plus the program's share (and bwrap's).
+      if _host.namespaces_problem():
+        _warn_once(f"sandbox: {_host.namespaces_problem()}: the rlimits sandbox runs programs on the host's network")
+      command = _host.namespaces_command() + _host.privileges_command(uid) + argv
+    # Under root each sandbox has its own uid (and root itself is not limited); otherwise (bubblewrap only) the
+    # kernel counts all of our processes, so the limit is what we have now plus the program's share (and bwrap's).
     if os.geteuid() == 0:
       nproc = self.limits.processes
     else:
@@ -509,8 +549,10 @@ _WARNED: set[str] = set()
 @functools.cache
 def _bubblewrap_problem_cached() -> str:
   for tool in ("bwrap", "prlimit", "setpriv"):
-    if shutil.which(tool, path=_host.PATH) is None and shutil.which(tool) is None:
-      return f"{tool!r} is not installed (apt-get install {'bubblewrap' if tool == 'bwrap' else 'util-linux'})"
+    try:
+      _host.tool(tool)
+    except RuntimeError as e:
+      return str(e)
   slot = _host.SLOTS.acquire() if os.geteuid() == 0 else None
   workdir = _host.make_workdir({}, slot.uid if slot else None)
   info_r, info_w = os.pipe()
@@ -528,8 +570,9 @@ def _bubblewrap_problem_cached() -> str:
     if slot:
       _host.SLOTS.release(slot)
   if probe.returncode:
-    return (f"bubblewrap cannot run here (are unprivileged user namespaces disabled? see"
-            f" /proc/sys/user/max_user_namespaces): {probe.stderr.decode(errors='replace').strip()}")
+    reason = "are unprivileged user namespaces disabled? see /proc/sys/user/max_user_namespaces" if slot is None else (
+        "as root it needs CAP_SYS_ADMIN, which a container may not grant")
+    return f"bubblewrap cannot run here ({reason}): {probe.stderr.decode(errors='replace').strip()}"
   return ""
 
 
@@ -540,9 +583,9 @@ def _bubblewrap_problem() -> str:
 
 
 def _warn_fallback() -> None:
-  _warn_once(f"sandbox: {_bubblewrap_problem()}. Falling back to the rlimits sandbox, which limits resources but"
-             " does NOT isolate files, network or processes from untrusted code. Install bubblewrap"
-             " (apt-get install bubblewrap) and allow user namespaces to fix this.")
+  _warn_once(f"sandbox: {_bubblewrap_problem()}. Falling back to the rlimits sandbox: a dedicated uid, resource"
+             " limits and its own network, but the host's world-readable files, /tmp and process list stay visible"
+             f" to untrusted code. To fix this, {_host.BWRAP_FIX}.")
 
 
 def _warn_once(message: str) -> None:

@@ -572,7 +572,8 @@ def _bubblewrap_problem_cached() -> str:
   if probe.returncode:
     reason = "are unprivileged user namespaces disabled? see /proc/sys/user/max_user_namespaces" if slot is None else (
         "as root it needs CAP_SYS_ADMIN, which a container may not grant")
-    return f"bubblewrap cannot run here ({reason}): {probe.stderr.decode(errors='replace').strip()}"
+    said = " ".join(probe.stderr.decode(errors="replace").split())
+    return f"bubblewrap cannot run here ({reason}): {said}; to fix it, run where it can, or {_host.BWRAP_FIX}"
   return ""
 
 
@@ -583,9 +584,10 @@ def _bubblewrap_problem() -> str:
 
 
 def _warn_fallback() -> None:
+  fix = "" if _host.BWRAP_FIX in _bubblewrap_problem() else f" To fix this, {_host.BWRAP_FIX}."
   _warn_once(f"sandbox: {_bubblewrap_problem()}. Falling back to the rlimits sandbox: a dedicated uid, resource"
              " limits and its own network, but the host's world-readable files, /tmp and process list stay visible"
-             f" to untrusted code. To fix this, {_host.BWRAP_FIX}.")
+             f" to untrusted code.{fix}")
 
 
 def _warn_once(message: str) -> None:

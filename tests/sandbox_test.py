@@ -16,6 +16,7 @@ import socket
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -348,6 +349,48 @@ def test_without_bwrap_the_rlimits_backend_runs_as_root_and_refuses_otherwise(mo
     _check_refusal(reason)
   finally:
     sandbox._bubblewrap_problem_cached.cache_clear()
+
+
+def test_rlimits_interpreter_copy_is_read_only_and_has_no_packages(use_backend, monkeypatch, tmp_path):
+  if not use_backend(sandbox.RLIMITS):
+    return
+  interpreter = sandbox._host.interpreter_for(sandbox._host.FIRST_UID)
+  if interpreter.executable in (sys.executable, os.path.realpath(sys.executable)):
+    assert sandbox._host.reachable_by_others(interpreter.executable)  # Reachable as it is: no copy needed.
+  else:
+    root = pathlib.Path(interpreter.executable).parents[1]
+    paths = [root, *root.rglob("*")]
+    assert all(p.lstat().st_uid == os.geteuid() and not p.lstat().st_mode & 0o022 for p in paths)
+    assert all(p.lstat().st_mode & 0o004 for p in paths)  # Readable by the slot uids.
+    stdlib = root / "lib" / os.path.basename(sysconfig.get_path("stdlib"))
+    assert (stdlib / "os.py").is_file() and (stdlib / "lib-dynload").is_dir()
+    assert not [p for p in paths if p.name in ("site-packages", "dist-packages") or p == stdlib / "test"]
+  # A directory someone else made where the copies go is refused: it could hold an interpreter of their making.
+  planted = tmp_path / "planted"
+  planted.mkdir(mode=0o777)
+  os.chmod(planted, 0o777)
+  with pytest.raises(RuntimeError, match="only it may write"):
+    sandbox._host._private_directory(str(planted))
+  if os.geteuid() == 0:
+    os.chmod(planted, 0o755)
+    os.chown(planted, 65534, 65534)
+    with pytest.raises(RuntimeError, match=f"owned by uid {os.geteuid()}"):
+      sandbox._host._private_directory(str(planted))
+
+
+def test_rlimits_refuses_a_program_its_uid_cannot_reach(use_backend, tmp_path):
+  if not use_backend(sandbox.RLIMITS):
+    return
+  hidden = tmp_path / "private"
+  hidden.mkdir(mode=0o700)
+  os.chmod(hidden, 0o700)
+  program = hidden / "tool"
+  program.write_text("#!/bin/sh\necho ran\n")
+  os.chmod(program, 0o755)
+  with pytest.raises(sandbox.Unavailable, match="cannot reach it") as refused:
+    sandbox.run([str(program)])
+  assert "\n" not in str(refused.value)
+  assert sandbox.run(["/bin/sh", "-c", "id -u"]).stdout.strip() != b"0"
 
 
 def _tools_without(missing: str):

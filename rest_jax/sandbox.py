@@ -25,7 +25,8 @@ Two backends (`backend()`; set REST_JAX_SANDBOX=bubblewrap or =rlimits to force 
   naming them: the executable's runpath is out of reach), and the standard library without site-packages,
   dist-packages, CPython's test suite and build files, made once per interpreter (path, version, size, mtime) in a
   root-owned directory of mode 0755 (built in a temp dir and renamed into place; a directory someone else made or
-  others may write is refused). tests/hostile_programs.py names what each hostile program gets past rlimits (`RLIMITS_GAPS`).
+  others may write is refused). tests/hostile_programs.py names what each hostile program gets past rlimits
+  (`RLIMITS_GAPS`).
 
 No backend ever runs a program as root or as our own uid: where none can run it unprivileged (not root and
 bubblewrap cannot run; a program that a slot uid cannot reach; an interpreter that cannot be copied) it raises

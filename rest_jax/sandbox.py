@@ -339,11 +339,12 @@ class _Sandbox:
         _warn_once(f"sandbox: {_host.namespaces_problem()}: the rlimits sandbox runs programs on the host's network")
       command = _host.namespaces_command() + _host.privileges_command(uid) + argv
     # Under root each sandbox has its own uid (and root itself is not limited); otherwise (bubblewrap only) the
-    # kernel counts all of our processes, so the limit is what we have now plus the program's share (and bwrap's).
+    # kernel counts all of our processes, so the limit is what we have now plus the program's share and bwrap's two
+    # (itself and the namespace's init): measured as uid 65534, the fork bomb then gets 15 children, as under root.
     if os.geteuid() == 0:
       nproc = self.limits.processes
     else:
-      nproc = _host.user_tasks() + self.limits.processes + 4
+      nproc = _host.user_tasks() + self.limits.processes + 2
     # The clock starts here, so that waiting for a free uid slot does not eat into the program's time.
     self._start = time.monotonic()
     self.deadline = self._start + self.limits.timeout_s

@@ -11,6 +11,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
+from rest_jax import evaluation
 from rest_jax import reporting
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -48,6 +49,11 @@ def _fixture():
     stages.append(_stage("rest_em", it, "eval", 12.5))
   stages.append(_stage("sft_human", 1, "mstep", 99.0, train_steps=300))
   return evals, stages
+
+
+def _ci(successes, trials):
+  lo, hi = evaluation.clopper_pearson(successes, trials)
+  return f"[{lo:.3f}, {hi:.3f}]"
 
 
 def _read_events(path):
@@ -237,21 +243,22 @@ def test_report_has_the_numbers_and_valid_plots(tmp_path):
       "test maj@16", "transfer pass@1", "train pass@1", "E-step solve rate",
       "generated", "rewarded", "kept", "estep s", "mstep s", "eval s"]
   row = dict(zip(header, _table_row(report, "rest_em", 2)))
+  # Records without interval fields (old workdirs): greedy pass@1 gets its exact interval from num_problems.
   assert row == {
-      "iter": "2", "test pass@1": "0.450", "test pass@4": "0.650",
+      "iter": "2", "test pass@1": f"0.450 {_ci(90, 200)}", "test pass@4": "0.650",
       "test pass@16": "0.750", "test maj@4": "0.500", "test maj@16": "0.550",
       "transfer pass@1": "0.225", "train pass@1": "0.550",
       "E-step solve rate": "0.700", "generated": "8000", "rewarded": "3200",
       "kept": "1600", "estep s": "32.0", "mstep s": "120.2", "eval s": "12.5"}
   base_row = dict(zip(header, _table_row(report, "rest_em", 0)))
-  assert base_row["test pass@1"] == "0.200"
+  assert base_row["test pass@1"] == f"0.200 {_ci(40, 200)}"
   assert base_row["kept"] == "–" and base_row["estep s"] == "–"
   sft_row = dict(zip(header, _table_row(report, "sft_human", 1)))
   assert sft_row["test pass@16"] == "–" and sft_row["mstep s"] == "99.0"
 
   comparison = report.split("## Test pass@1 vs base", 1)[1]
-  assert ("| rest_em | 0.200 | 2 | 0.450 | +25.0 | 3 | 0.430 | +23.0 | test |"
-          in comparison)
+  assert (f"| rest_em | 0.200 {_ci(40, 200)} | 2 | 0.450 {_ci(90, 200)} | +25.0 [+15.9, +34.1] | 3 | "
+          f"0.430 {_ci(86, 200)} | +23.0 [+13.9, +32.1] | test |" in comparison)
   assert ("| sft_human | 0.200 | 1 | 0.300 | +10.0 | 1 | 0.300 | +10.0 | test |"
           in comparison)
 

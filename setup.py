@@ -54,5 +54,7 @@ setuptools.setup(
             "torch==2.13.0",
             "accelerate>=1.15,<2",
         ],
+        # Optional Weights & Biases mirror of the TensorBoard scalars (config report.wandb).
+        "wandb": ["wandb>=0.31,<0.32"],
     },
 )

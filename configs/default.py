@@ -96,6 +96,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.top_p = 0.95  # ... with nucleus 0.95.
   c.eval.val_size = 200  # Val problems used for early stopping.
 
+  # Reporting: metrics.jsonl, TensorBoard and report.md are always written; Weights & Biases is optional.
+  c.report = ml_collections.ConfigDict()
+  c.report.wandb = False  # Also log every TensorBoard scalar to W&B (needs `pip install 'rest_jax[wandb]'`).
+  c.report.wandb_project = "rest_jax"  # W&B project; each method is one run, grouped by the workdir's name.
+  c.report.wandb_entity = ""  # W&B entity (user or team); "" = your default.
+  c.report.wandb_mode = "offline"  # "offline" (WORKDIR/wandb/, no network; `wandb sync` later), "online", "disabled".
+
   if mode == "smoke":
     smoke(c)
   elif mode == "rest":

@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Sequence
+import math
 
 import numpy as np
+
+# Resamples and seed of the bootstrap intervals: fixed, so a report is the same every time it is rebuilt.
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -89,7 +94,19 @@ def maj_at_k(
     rewards: Sequence[Sequence[float]] | None = None,
     threshold: float = 1.0,
 ) -> float:
-  """maj@k: accuracy of a majority vote over k samples.
+  """maj@k: accuracy of a majority vote over k samples, the mean of `maj_at_k_per_problem`."""
+  return float(np.mean(maj_at_k_per_problem(answers, references, k, rewards=rewards, threshold=threshold)))
+
+
+def maj_at_k_per_problem(
+    answers: Sequence[Sequence[str | None]],
+    references: Sequence[str | None] | None,
+    k: int,
+    *,
+    rewards: Sequence[Sequence[float]] | None = None,
+    threshold: float = 1.0,
+) -> list[float]:
+  """Per-problem maj@k score: the fraction of a problem's k-sample votes that are correct.
 
   Each problem's n samples are cut into floor(n / k) disjoint consecutive
   groups of k (a remainder is unused); each group votes, and a vote scores 1
@@ -112,7 +129,7 @@ def maj_at_k(
     threshold: a reward >= threshold counts as correct.
 
   Returns:
-    The mean score in [0, 1].
+    Per problem, its score in [0, 1].
   """
   if references is None:
     references = [None] * len(answers)
@@ -155,8 +172,8 @@ def maj_at_k(
       else:
         first = g * k + list(group).index(vote)
         scores.append(rewards[index][first] >= threshold)
-    per_problem.append(np.mean(scores))
-  return float(np.mean(per_problem))
+    per_problem.append(float(np.mean(scores)))
+  return per_problem
 
 
 def summarize(
@@ -188,10 +205,13 @@ def summarize(
   Returns:
     A flat dict:
       "pass@1": fraction of problems whose greedy completion is correct.
+      "pass@1_lo", "pass@1_hi": its exact 95% interval (`clopper_pearson`).
       "pass@K": for each K in ks other than 1, the unbiased estimate from the
         samples. The sampled pass@1 estimate equals "sample_accuracy", so
         K == 1 never overwrites the greedy "pass@1".
       "maj@K": for each K in ks, see `maj_at_k`.
+      "pass@K_lo", "pass@K_hi", "maj@K_lo", "maj@K_hi": their 95% percentile
+        bootstrap intervals over problems (`bootstrap_interval`).
       "sample_accuracy": mean over problems of the fraction of correct samples.
       "num_problems": number of problems (int).
   """
@@ -226,24 +246,184 @@ def summarize(
   metrics: dict[str, float | int] = {
       "pass@1": float(np.mean([r >= threshold for r in greedy_rewards])),
   }
+  greedy_correct = sum(r >= threshold for r in greedy_rewards)
+  metrics["pass@1_lo"], metrics["pass@1_hi"] = clopper_pearson(
+      greedy_correct, num_problems
+  )
   for k in ks:
     if k < 1 or k > min(num_samples):
       raise ValueError(
           f"summarize: ks entry {k} must be in [1, {min(num_samples)}], the"
           " smallest per-problem sample count"
       )
+    per_problem = {}
     if k != 1:
-      metrics[f"pass@{k}"] = float(np.mean(
-          [pass_at_k(n, c, k) for n, c in zip(num_samples, num_correct)]
-      ))
-    metrics[f"maj@{k}"] = maj_at_k(
+      per_problem[f"pass@{k}"] = [
+          pass_at_k(n, c, k) for n, c in zip(num_samples, num_correct)
+      ]
+    per_problem[f"maj@{k}"] = maj_at_k_per_problem(
         sample_answers, references, k, rewards=sample_rewards,
         threshold=threshold,
     )
+    for name, values in per_problem.items():
+      metrics[name] = float(np.mean(values))
+      metrics[f"{name}_lo"], metrics[f"{name}_hi"] = bootstrap_interval(
+          values
+      )
   metrics["sample_accuracy"] = float(
       np.mean([c / n for n, c in zip(num_samples, num_correct)])
   )
   metrics["num_problems"] = num_problems
+  return metrics
+
+
+def clopper_pearson(
+    successes: int, trials: int, confidence: float = 0.95
+) -> tuple[float, float]:
+  """Exact (Clopper-Pearson) interval for a binomial proportion.
+
+  The lower bound is the p at which P(X >= successes) = (1 - confidence) / 2,
+  the upper the p at which P(X <= successes) = (1 - confidence) / 2, for X ~
+  Binomial(trials, p); 0 successes give lower bound 0, `trials` give upper 1.
+  The tails are monotone in p, so bisection finds the bounds to 1e-12.
+
+  Args:
+    successes: number of successes, 0 <= successes <= trials.
+    trials: number of trials, >= 1.
+    confidence: coverage, in (0, 1).
+
+  Returns:
+    (lower, upper), with lower <= successes / trials <= upper.
+  """
+  if trials < 1:
+    raise ValueError(f"clopper_pearson: trials must be >= 1, got {trials}")
+  if not 0 <= successes <= trials:
+    raise ValueError(
+        f"clopper_pearson: successes must be in [0, {trials}], got"
+        f" {successes}"
+    )
+  if not 0 < confidence < 1:
+    raise ValueError(
+        f"clopper_pearson: confidence must be in (0, 1), got {confidence}"
+    )
+  tail = (1 - confidence) / 2
+  lower = 0.0 if successes == 0 else _bisect(
+      lambda p: 1 - _binomial_cdf(successes - 1, trials, p) - tail
+  )
+  upper = 1.0 if successes == trials else _bisect(
+      lambda p: tail - _binomial_cdf(successes, trials, p)
+  )
+  return lower, upper
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+  """P(X <= k) for X ~ Binomial(n, p), summed in log space (no overflow)."""
+  if p <= 0.0:
+    return 1.0
+  if p >= 1.0:
+    return 1.0 if k >= n else 0.0
+  log_p, log_q = math.log(p), math.log1p(-p)
+  terms = np.array([
+      math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+      + i * log_p + (n - i) * log_q
+      for i in range(k + 1)
+  ])
+  peak = terms.max()
+  return float(min(1.0, math.exp(peak) * np.exp(terms - peak).sum()))
+
+
+def _bisect(increasing, lo: float = 0.0, hi: float = 1.0) -> float:
+  """The root in [lo, hi] of a function that rises from <= 0 to >= 0."""
+  while hi - lo > 1e-12:
+    mid = (lo + hi) / 2
+    if increasing(mid) < 0:
+      lo = mid
+    else:
+      hi = mid
+  return (lo + hi) / 2
+
+
+def bootstrap_interval(
+    values: Sequence[float],
+    confidence: float = 0.95,
+    *,
+    num_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+  """Percentile bootstrap interval of the mean of per-problem `values`.
+
+  Problems are resampled with replacement `num_resamples` times; the bounds are
+  the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of the resampled
+  means. The seed is fixed, so the same values always give the same interval.
+
+  Args:
+    values: one number per problem (e.g. its unbiased pass@k estimate).
+    confidence: coverage, in (0, 1).
+    num_resamples: bootstrap resamples, >= 1.
+    seed: seed of the resampling.
+
+  Returns:
+    (lower, upper).
+  """
+  values = np.asarray(values, dtype=np.float64)
+  if values.ndim != 1 or values.size == 0:
+    raise ValueError(
+        f"bootstrap_interval: values must be a non-empty list, got shape"
+        f" {values.shape}"
+    )
+  if not 0 < confidence < 1:
+    raise ValueError(
+        f"bootstrap_interval: confidence must be in (0, 1), got {confidence}"
+    )
+  if num_resamples < 1:
+    raise ValueError(
+        f"bootstrap_interval: num_resamples must be >= 1, got {num_resamples}"
+    )
+  rng = np.random.default_rng(seed)
+  means = np.empty(num_resamples)
+  # In chunks, so 2000 resamples of 5000 problems never hold 10^7 indices.
+  chunk = max(1, 2**20 // values.size)
+  for start in range(0, num_resamples, chunk):
+    stop = min(num_resamples, start + chunk)
+    draws = rng.integers(0, values.size, size=(stop - start, values.size))
+    means[start:stop] = values[draws].mean(axis=1)
+  lower, upper = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
+  return float(lower), float(upper)
+
+
+def level_metrics(
+    greedy_correct: Sequence[bool], levels: Sequence[int | None]
+) -> dict[str, float | int]:
+  """Greedy pass@1 per difficulty level (MATH levels 1-5, as the paper reports them).
+
+  Args:
+    greedy_correct: per problem, whether its greedy completion is correct.
+    levels: per problem, its level; None (MATH's few "Level ?") counts in no
+      level.
+
+  Returns:
+    For each level L seen, in increasing order, "level_L/pass@1",
+    "level_L/pass@1_lo", "level_L/pass@1_hi" (`clopper_pearson`) and
+    "level_L/num_problems".
+  """
+  if len(greedy_correct) != len(levels):
+    raise ValueError(
+        f"level_metrics: {len(greedy_correct)} results but {len(levels)}"
+        " levels"
+    )
+  by_level = collections.defaultdict(list)
+  for correct, level in zip(greedy_correct, levels):
+    if level is not None:
+      by_level[int(level)].append(bool(correct))
+  metrics: dict[str, float | int] = {}
+  for level in sorted(by_level):
+    results = by_level[level]
+    name = f"level_{level}"
+    metrics[f"{name}/pass@1"] = sum(results) / len(results)
+    metrics[f"{name}/pass@1_lo"], metrics[f"{name}/pass@1_hi"] = (
+        clopper_pearson(sum(results), len(results))
+    )
+    metrics[f"{name}/num_problems"] = len(results)
   return metrics
 
 

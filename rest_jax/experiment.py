@@ -164,7 +164,10 @@ class Experiment:
       _write_workdir_config(workdir, config)  # Only once the config proved usable.
     return cls(config=config, workdir=workdir, task=task, mesh=mesh, cfg=cfg, base_params=base_params,
                sampler=sampler, store=checkpoints.IterationCheckpoints(workdir / "checkpoints"),
-               log=reporting.MetricsLog(workdir, read_only=not distributed.is_primary()))
+               log=reporting.MetricsLog(workdir, read_only=not distributed.is_primary(), wandb=(
+                   reporting.WandbWriter.from_config(config.get("report"), workdir,
+                                                     run_config=_flat(json.loads(config.to_json())))
+                   if distributed.is_primary() else None)))
 
   # --- Stages -------------------------------------------------------------------------------------------------
 

@@ -64,12 +64,20 @@ def generate_and_score(sampler: Sampler, params: Any, problems: Sequence[tasks_l
 def evaluate(sampler: Sampler, params: Any, task: tasks_lib.Task, problems: Sequence[tasks_lib.Problem], *,
              greedy_strategy: Strategy, sample_strategy: Strategy | None, num_samples: int, ks: Sequence[int],
              max_new_tokens: int, seed: int, correct_threshold: float = 1.0, desc: str = "eval") -> dict[str, float]:
-  """Greedy pass@1, and with `sample_strategy` the unbiased pass@K and maj@K from `num_samples` samples."""
+  """Greedy pass@1, and with `sample_strategy` the unbiased pass@K and maj@K from `num_samples` samples.
+
+  Each rate comes with its 95% interval ("pass@1_lo", "pass@1_hi", ...), and problems with a "level" field add
+  per-level greedy pass@1 (`evaluation.level_metrics`)."""
   kw = dict(reward=task.reward, max_new_tokens=max_new_tokens, stop_strings=task.stop_strings)
   greedy = generate_and_score(sampler, params, problems, num_samples=1, strategy=greedy_strategy, seed=seed,
                               desc=f"{desc} greedy", **kw)
+  greedy_correct = greedy.rewards[:, 0] >= correct_threshold
+  # Tasks with difficulty levels (MATH: fields["level"], 1 to 5) also get pass@1 per level.
+  levels = evaluation.level_metrics(greedy_correct.tolist(), [p.fields.get("level") for p in problems])
   if sample_strategy is None:
-    return {"pass@1": float(np.mean(greedy.rewards[:, 0] >= correct_threshold)), "num_problems": len(problems)}
+    lo, hi = evaluation.clopper_pearson(int(greedy_correct.sum()), len(problems))
+    return {"pass@1": float(np.mean(greedy_correct)), "pass@1_lo": lo, "pass@1_hi": hi,
+            "num_problems": len(problems), **levels}
   sampled = generate_and_score(sampler, params, problems, num_samples=num_samples, strategy=sample_strategy,
                                seed=seed + 1, desc=f"{desc} sampled", **kw)
   # maj@K: the task's reward judges the winning answer (through the first sample that gave it), so equivalent
@@ -77,4 +85,4 @@ def evaluate(sampler: Sampler, params: Any, task: tasks_lib.Task, problems: Sequ
   return evaluation.summarize(
       greedy_rewards=greedy.rewards[:, 0].tolist(), sample_rewards=sampled.rewards.tolist(),
       sample_answers=[[task.extract_answer(c) for c in cs] for cs in sampled.completions],
-      ks=tuple(ks), threshold=correct_threshold)
+      ks=tuple(ks), threshold=correct_threshold) | levels

@@ -8,11 +8,19 @@ The EM loop hands this module two kinds of flat records:
   `wall_s`, then numeric counters (`generated`, `rewarded`, `kept`,
   `solve_rate`, `train_steps`, ...).
 
+Eval records may carry 95% interval bounds `<metric>_lo` / `<metric>_hi` and,
+for tasks with difficulty levels, `level_<L>/pass@1` (+ bounds) and
+`level_<L>/num_problems`; records written before these existed still render
+(greedy pass@1 then gets its exact interval from `num_problems`).
+
 `MetricsLog` appends them to WORKDIR/metrics.jsonl and WORKDIR/stages.jsonl
-(one fsynced JSON line each) and to TensorBoard. A run that crashes and resumes
-may log the same (method, iteration, split|stage) twice; readers keep the last.
-Non-finite numbers are stored as JSON null and read back as None ("missing").
-`write_report` turns the records into WORKDIR/report.md plus PNG plots.
+(one fsynced JSON line each), to TensorBoard and, if asked, to Weights & Biases
+(`WandbWriter`, the same scalar names and values). A run that crashes and
+resumes (or is killed with -9 between a record and its artifact) may log the
+same (method, iteration, split|stage) twice; readers keep the last, so nothing
+counts twice. Non-finite numbers are stored as JSON null and read back as None
+("missing"). `write_report` turns the records into WORKDIR/report.md (results
+first, config last) plus PNG plots with interval bands.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,6 +44,8 @@ from tensorboardX.proto import event_pb2
 from tensorboardX.proto import summary_pb2
 import tqdm
 
+from rest_jax import evaluation
+
 Record = dict[str, Any]
 
 _KEY_FIELDS = {
@@ -48,6 +58,7 @@ _MAIN_STAGES = ("estep", "mstep", "eval")
 _ESTEP_COUNTERS = ("generated", "rewarded", "kept")
 _SPLIT_ORDER = ("test", "transfer", "train", "val")
 _AT_K = re.compile(r"^(pass|maj)@(\d+)$")
+_LEVEL = re.compile(r"^level_(\d+)/pass@1$")
 
 
 def _number(kind: str, name: str, value: Any) -> int | float | None:
@@ -188,6 +199,71 @@ class _EventFile:
     self._writer.close()
 
 
+class WandbWriter:
+  """Weights & Biases mirror of the TensorBoard scalars: the same names, the same values.
+
+  One W&B run per method (TensorBoard has one run directory per method), named
+  after the method and grouped by the workdir's name; each logged dict is the
+  TensorBoard scalars of one record plus "iteration", the x-axis of every
+  scalar (`define_metric`), so records logged out of order (a resumed run)
+  are all kept. Mode "offline" writes WORKDIR/wandb/offline-run-*/ and needs
+  no network (upload later with `wandb sync`); "online" streams; "disabled"
+  writes nothing. `wandb` is imported only here, when a writer is made.
+  """
+
+  def __init__(self, workdir: str | os.PathLike[str], *, project: str,
+               mode: str = "offline", entity: str | None = None,
+               run_config: Mapping[str, Any] | None = None):
+    if mode not in ("offline", "online", "disabled"):
+      raise ValueError(
+          f"report.wandb_mode must be 'offline', 'online' or 'disabled', "
+          f"got {mode!r}")
+    try:
+      import wandb  # pylint: disable=g-import-not-at-top  (an optional extra)
+    except ImportError:
+      raise ImportError(
+          "report.wandb is on but the wandb package is not installed: "
+          "pip install 'rest_jax[wandb]'") from None
+    self._wandb = wandb
+    self.workdir = pathlib.Path(workdir)
+    self._init_kwargs = dict(project=project, entity=entity or None,
+                             mode=mode, dir=str(self.workdir),
+                             group=self.workdir.resolve().name,
+                             config=dict(run_config or {}))
+    self._runs: dict[str, Any] = {}
+
+  @classmethod
+  def from_config(cls, report_config: Any, workdir: str | os.PathLike[str],
+                  run_config: Mapping[str, Any] | None = None
+                  ) -> "WandbWriter | None":
+    """The writer a config's `report` block asks for; None when it is off (or absent)."""
+    if report_config is None or not report_config.get("wandb", False):
+      return None
+    return cls(workdir, project=report_config.get("wandb_project", "rest_jax"),
+               mode=report_config.get("wandb_mode", "offline"),
+               entity=report_config.get("wandb_entity", ""),
+               run_config=run_config)
+
+  def _run(self, method: str) -> Any:
+    if method not in self._runs:
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      run = self._wandb.init(name=method, reinit="create_new",
+                             **self._init_kwargs)
+      run.define_metric("iteration")
+      run.define_metric("*", step_metric="iteration")
+      self._runs[method] = run
+    return self._runs[method]
+
+  def add_scalars(self, method: str, scalars: Mapping[str, float],
+                  step: int) -> None:
+    self._run(method).log({**scalars, "iteration": step})
+
+  def close(self) -> None:
+    for run in self._runs.values():
+      run.finish()
+    self._runs.clear()
+
+
 class MetricsLog:
   """Append-only eval/stage log in WORKDIR, mirrored to TensorBoard.
 
@@ -196,12 +272,15 @@ class MetricsLog:
   log opened only to read writes nothing). A `read_only` log checks the records
   it is given but writes none: the log of every process but the first in a
   multi-process run, where process 0 alone writes the shared workdir.
+  `wandb`, if given, receives every TensorBoard scalar too (and is closed
+  with the log).
   """
 
   def __init__(self, workdir: str | os.PathLike[str], *,
-               read_only: bool = False):
+               read_only: bool = False, wandb: WandbWriter | None = None):
     self.workdir = pathlib.Path(workdir)
     self.read_only = read_only
+    self._wandb = None if read_only else wandb
     if not read_only:
       self.workdir.mkdir(parents=True, exist_ok=True)
     self._event_files: dict[str, _EventFile] = {}
@@ -234,27 +313,33 @@ class MetricsLog:
           self.workdir / "tensorboard" / method)
     return self._event_files[method]
 
+  def _add_scalars(self, method: str, scalars: Mapping[str, float],
+                   step: int) -> None:
+    self._event_file(method).add_scalars(scalars, step=step)
+    if self._wandb is not None:
+      self._wandb.add_scalars(method, scalars, step=step)
+
   def append_eval(self, record: Mapping[str, Any]) -> None:
     """Logs one evaluation; TensorBoard tags are f"{split}/{metric}"."""
     record = self._append(record, "eval")
     if self.read_only:
       return
-    self._event_file(record["method"]).add_scalars(
-        {f"{record['split']}/{name}": value
-         for name, value in record.items()
-         if name not in _KEY_FIELDS["eval"] and value is not None},
-        step=record["iteration"])
+    self._add_scalars(record["method"], {
+        f"{record['split']}/{name}": value
+        for name, value in record.items()
+        if name not in _KEY_FIELDS["eval"] and value is not None
+    }, step=record["iteration"])
 
   def append_stage(self, record: Mapping[str, Any]) -> None:
     """Logs one stage; TensorBoard tags are f"stage/{stage}/{counter}"."""
     record = self._append(record, "stage")
     if self.read_only:
       return
-    self._event_file(record["method"]).add_scalars(
-        {f"stage/{record['stage']}/{name}": value
-         for name, value in record.items()
-         if name not in _KEY_FIELDS["stage"] and value is not None},
-        step=record["iteration"])
+    self._add_scalars(record["method"], {
+        f"stage/{record['stage']}/{name}": value
+        for name, value in record.items()
+        if name not in _KEY_FIELDS["stage"] and value is not None
+    }, step=record["iteration"])
 
   def evals(self) -> list[Record]:
     """Eval records, one per (method, iteration, split), the last one wins."""
@@ -268,6 +353,8 @@ class MetricsLog:
     for event_file in self._event_files.values():
       event_file.close()
     self._event_files.clear()
+    if self._wandb is not None:
+      self._wandb.close()
     self._closed = True
 
   def __enter__(self) -> "MetricsLog":
@@ -277,8 +364,18 @@ class MetricsLog:
     self.close()
 
 
+Interval = tuple[float, float]
+
+
 def _fmt_rate(value: float | None) -> str:
   return _MISSING if value is None else f"{value:.3f}"
+
+
+def _fmt_rate_ci(value: float | None, interval: Interval | None) -> str:
+  """E.g. "0.312 [0.271, 0.356]"; the bare rate when there is no interval."""
+  if value is None or interval is None:
+    return _fmt_rate(value)
+  return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
 def _fmt_count(value: float | None) -> str:
@@ -292,6 +389,13 @@ def _fmt_seconds(value: float | None) -> str:
 def _fmt_points(value: float | None) -> str:
   # Adding 0.0 turns a rounded -0.0 into 0.0, so no difference reads "+0.0".
   return _MISSING if value is None else f"{round(value, 1) + 0.0:+.1f}"
+
+
+def _fmt_points_ci(value: float | None, interval: Interval | None) -> str:
+  if value is None or interval is None:
+    return _fmt_points(value)
+  return (f"{_fmt_points(value)} [{_fmt_points(interval[0])}, "
+          f"{_fmt_points(interval[1])}]")
 
 
 class _Index:
@@ -320,6 +424,13 @@ class _Index:
           ks.add(int(match[2]))
     return sorted(ks)
 
+  def levels(self, split: str) -> list[int]:
+    """Difficulty levels with a pass@1 on `split` (none for tasks without levels)."""
+    return sorted({int(match[1]) for (_, _, record_split), record
+                   in self.evals.items() if record_split == split
+                   for name, value in record.items()
+                   if value is not None and (match := _LEVEL.match(name))})
+
   def iterations(self, method: str) -> list[int]:
     return sorted({it for m, it, _ in [*self.evals, *self.stages]
                    if m == method})
@@ -327,6 +438,26 @@ class _Index:
   def metric(self, method: str, iteration: int, split: str,
              name: str) -> float | None:
     return self.evals.get((method, iteration, split), {}).get(name)
+
+  def interval(self, method: str, iteration: int, split: str,
+               name: str) -> Interval | None:
+    """The 95% interval logged with the metric; for greedy pass@1 (overall or
+    per level) logged without one, the exact interval from its problem count."""
+    record = self.evals.get((method, iteration, split), {})
+    lo, hi = record.get(f"{name}_lo"), record.get(f"{name}_hi")
+    if lo is not None and hi is not None:
+      return lo, hi
+    value = record.get(name)
+    count_name = (name.removesuffix("pass@1") + "num_problems"
+                  if name == "pass@1" or _LEVEL.match(name) else None)
+    count = record.get(count_name) if count_name else None
+    if value is None or not count:
+      return None
+    return evaluation.clopper_pearson(min(count, round(value * count)), count)
+
+  def cell(self, method: str, iteration: int, split: str, name: str) -> str:
+    return _fmt_rate_ci(self.metric(method, iteration, split, name),
+                        self.interval(method, iteration, split, name))
 
   def counter(self, method: str, iteration: int, stage: str,
               name: str) -> float | None:
@@ -337,23 +468,34 @@ class _Index:
     return [(it, value) for it in self.iterations(method)
             if (value := self.metric(method, it, split, name)) is not None]
 
+  def band(self, method: str, split: str,
+           name: str) -> list[tuple[int, float, Interval | None]]:
+    return [(it, value, self.interval(method, it, split, name))
+            for it, value in self.series(method, split, name)]
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]],
+           align: str = "---:") -> list[str]:
+  return ["| " + " | ".join(header) + " |", "|" + f"{align}|" * len(header),
+          *("| " + " | ".join(row) + " |" for row in rows)]
+
 
 def _method_table(index: _Index, method: str) -> list[str]:
   columns = [("iter", lambda it: str(it)),
              ("test pass@1",
-              lambda it: _fmt_rate(index.metric(method, it, "test", "pass@1")))]
+              lambda it: index.cell(method, it, "test", "pass@1"))]
   for family in ("pass", "maj"):
     for k in index.ks(family):
       if family == "pass" and k == 1:
         continue
       columns.append((f"test {family}@{k}",
-                      lambda it, name=f"{family}@{k}": _fmt_rate(
-                          index.metric(method, it, "test", name))))
+                      lambda it, name=f"{family}@{k}": index.cell(
+                          method, it, "test", name)))
   for split in index.splits:
     if split != "test":
       columns.append((f"{split} pass@1",
-                      lambda it, split=split: _fmt_rate(
-                          index.metric(method, it, split, "pass@1"))))
+                      lambda it, split=split: index.cell(
+                          method, it, split, "pass@1")))
   columns.append(("E-step solve rate", lambda it: _fmt_rate(
       index.counter(method, it, "estep", "solve_rate"))))
   for name in _ESTEP_COUNTERS:
@@ -362,11 +504,28 @@ def _method_table(index: _Index, method: str) -> list[str]:
   for stage in index.stage_names:
     columns.append((f"{stage} s", lambda it, stage=stage: _fmt_seconds(
         index.counter(method, it, stage, "wall_s"))))
-  lines = ["| " + " | ".join(header for header, _ in columns) + " |",
-           "|" + "---:|" * len(columns)]
-  for it in index.iterations(method):
-    lines.append("| " + " | ".join(cell(it) for _, cell in columns) + " |")
-  return lines
+  return _table([header for header, _ in columns],
+                ([cell(it) for _, cell in columns]
+                 for it in index.iterations(method)))
+
+
+def _level_table(index: _Index, method: str, split: str) -> list[str]:
+  """Greedy pass@1 per difficulty level and iteration; [] without levels."""
+  levels = index.levels(split)
+  iterations = [it for it in index.iterations(method)
+                if any(index.metric(method, it, split, f"level_{level}/pass@1")
+                       is not None for level in levels)]
+  if not iterations:
+    return []
+  header = ["iter"]
+  for level in levels:
+    counts = {index.metric(method, it, split, f"level_{level}/num_problems")
+              for it in iterations} - {None}
+    header.append(f"level {level}" + (f" (n={_fmt_count(counts.pop())})"
+                                      if len(counts) == 1 else ""))
+  return _table(header, ([str(it)] + [
+      index.cell(method, it, split, f"level_{level}/pass@1")
+      for level in levels] for it in iterations))
 
 
 def _best(index: _Index, method: str) -> tuple[int, str] | None:
@@ -381,37 +540,65 @@ def _best(index: _Index, method: str) -> tuple[int, str] | None:
   return max(candidates, key=lambda pair: pair[1])[0], chosen_on
 
 
+def _difference_interval(value: float, interval: Interval, base: float,
+                         base_interval: Interval) -> Interval:
+  """95% interval of value - base, in points, from the two rates' intervals.
+
+  Each rate's standard error is read off its own interval (half-width / 1.96)
+  and the two are combined as if independent. Both rates are on the same
+  problems, whose positive correlation makes the true interval narrower, so
+  this one errs wide.
+  """
+  se = math.hypot((interval[1] - interval[0]) / (2 * 1.96),
+                  (base_interval[1] - base_interval[0]) / (2 * 1.96))
+  diff = value - base
+  return 100 * (diff - 1.96 * se), 100 * (diff + 1.96 * se)
+
+
 def _comparison_table(index: _Index) -> list[str]:
-  lines = ["| method | base (it 0) | best it | best | Δ best (pts) | "
-           "final it | final | Δ final (pts) | best chosen on |",
-           "|---|" + "---:|" * 7 + "---|"]
-  bases = [index.metric(m, 0, "test", "pass@1") for m in index.methods]
-  shared_base = next((base for base in bases if base is not None), None)
+  bases = [(m, 0) for m in index.methods
+           if index.metric(m, 0, "test", "pass@1") is not None]
+  shared_base = bases[0] if bases else None
+  rows = []
   for method in index.methods:
     test = dict(index.series(method, "test", "pass@1"))
     # One-shot baselines are often logged without their own iteration 0; the
     # base model is the same for every method.
-    base = test.get(0, shared_base)
+    base_key = (method, 0) if 0 in test else shared_base
+    base = index.metric(*base_key, "test", "pass@1") if base_key else None
+    base_interval = (index.interval(*base_key, "test", "pass@1")
+                     if base_key else None)
     best = _best(index, method)
     final_it = max(test) if test else None
-    cells = [method, _fmt_rate(base)]
+    cells = [method, _fmt_rate_ci(base, base_interval)]
     for it in (best[0] if best else None, final_it):
       value = test.get(it)
+      interval = index.interval(method, it, "test", "pass@1")
       diff = None if value is None or base is None else 100 * (value - base)
-      cells += [_MISSING if it is None else str(it), _fmt_rate(value),
-                _fmt_points(diff)]
+      diff_interval = (
+          _difference_interval(value, interval, base, base_interval)
+          if diff is not None and interval and base_interval and it != 0
+          else None)
+      cells += [_MISSING if it is None else str(it),
+                _fmt_rate_ci(value, interval),
+                _fmt_points_ci(diff, diff_interval)]
     cells.append(best[1] if best else _MISSING)
-    lines.append("| " + " | ".join(cells) + " |")
+    rows.append(cells)
+  lines = _table(["method", "base (it 0)", "best it", "best", "Δ best (pts)",
+                  "final it", "final", "Δ final (pts)", "best chosen on"], rows)
+  lines[1] = "|---|" + "---:|" * 7 + "---|"
   return lines
 
 
 def _plot(path: pathlib.Path, panels: Sequence[tuple[str, dict[str, list]]],
           ylabel: str, colors: Mapping[str, str]) -> bool:
-  """One panel per (title, {method: [(iteration, value)]}); False if no data.
+  """One panel per (title, {method: [(iteration, value, interval or None)]}).
 
-  A method trained once (iterations 0 and 1, e.g. SFT on human solutions)
-  next to iterated methods is drawn as a dashed horizontal line at its final
-  value, which reads as a baseline against every iteration.
+  Returns False if no panel has data. Intervals are drawn as bands. A method
+  trained once (iterations 0 and 1, e.g. SFT on human solutions) next to
+  iterated methods is drawn as a dashed horizontal line at its final value,
+  with its interval as a horizontal band, which reads as a baseline against
+  every iteration.
   """
   panels = [(title, {m: pts for m, pts in series.items() if pts})
             for title, series in panels]
@@ -422,15 +609,25 @@ def _plot(path: pathlib.Path, panels: Sequence[tuple[str, dict[str, list]]],
   FigureCanvasAgg(fig)
   axes = fig.subplots(1, len(panels), squeeze=False)[0]
   for ax, (title, series) in zip(axes, panels):
-    last_iteration = max(it for pts in series.values() for it, _ in pts)
+    last_iteration = max(point[0] for pts in series.values() for point in pts)
     for method, points in series.items():
-      iterations, values = zip(*points)
+      iterations = [point[0] for point in points]
+      values = [point[1] for point in points]
+      intervals = [point[2] if len(point) > 2 else None for point in points]
+      color = colors[method]
       if max(iterations) == 1 and last_iteration > 1:
-        ax.axhline(values[-1], color=colors[method], linestyle="--",
+        ax.axhline(values[-1], color=color, linestyle="--",
                    label=f"{method} (it 1)")
+        if intervals[-1] is not None:
+          ax.axhspan(*intervals[-1], color=color, alpha=0.12, linewidth=0)
       else:
-        ax.plot(iterations, values, marker="o", color=colors[method],
-                label=method)
+        ax.plot(iterations, values, marker="o", color=color, label=method)
+        banded = [(it, iv) for it, iv in zip(iterations, intervals)
+                  if iv is not None]
+        if banded:
+          ax.fill_between([it for it, _ in banded], [iv[0] for _, iv in banded],
+                          [iv[1] for _, iv in banded], color=color, alpha=0.2,
+                          linewidth=0)
     ax.set_title(title)
     ax.set_xlabel("iteration")
     ax.set_ylabel(ylabel)
@@ -448,28 +645,40 @@ def _plots(index: _Index, plot_dir: pathlib.Path) -> list[tuple[str, str]]:
              "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
   colors = {m: palette[i % len(palette)] for i, m in enumerate(index.methods)}
 
-  def metric_panels(split, names):
-    return [(f"{split} {name}",
-             {m: index.series(m, split, name) for m in index.methods})
-            for name in names]
+  def metric_panels(split, names, titles=None):
+    return [(title, {m: index.band(m, split, name) for m in index.methods})
+            for name, title in zip(names, titles or [f"{split} {name}"
+                                                     for name in names])]
 
   kept = {m: [(it, v) for it in index.iterations(m)
               if (v := index.counter(m, it, "estep", "kept")) is not None]
           for m in index.methods}
+  levels = index.levels("test")
   figures = [
-      ("pass@1 per split vs iteration", "pass_at_1.png", "pass@1",
-       [panel for split in index.splits
-        for panel in metric_panels(split, ["pass@1"])]),
-      ("test pass@K vs iteration", "pass_at_k.png", "pass@K",
-       metric_panels("test",
-                     [f"pass@{k}" for k in index.ks("pass") if k != 1])),
-      ("test maj@K vs iteration", "maj_at_k.png", "maj@K",
-       metric_panels("test", [f"maj@{k}" for k in index.ks("maj")])),
+      ("pass@1 per split vs iteration (bands: 95% intervals)", "pass_at_1.png",
+       "pass@1", [panel for split in index.splits
+                  for panel in metric_panels(split, ["pass@1"])]),
+      ("test pass@1 per difficulty level vs iteration (bands: 95% intervals)",
+       "pass_at_1_by_level.png", "pass@1",
+       metric_panels("test", [f"level_{level}/pass@1" for level in levels],
+                     [f"test level {level}" for level in levels])),
+      ("test pass@K vs iteration (bands: 95% intervals)", "pass_at_k.png",
+       "pass@K", metric_panels(
+           "test", [f"pass@{k}" for k in index.ks("pass") if k != 1])),
+      ("test maj@K vs iteration (bands: 95% intervals)", "maj_at_k.png",
+       "maj@K", metric_panels("test", [f"maj@{k}" for k in index.ks("maj")])),
       ("E-step kept samples vs iteration", "kept.png", "kept samples",
        [("E-step kept samples", kept)]),
   ]
   return [(caption, name) for caption, name, ylabel, panels in figures
           if _plot(plot_dir / name, panels, ylabel, colors)]
+
+
+_INTERVALS_NOTE = (
+    "Rates are followed by their 95% interval in brackets: exact "
+    "(Clopper-Pearson) for greedy pass@1, a percentile bootstrap over "
+    f"problems ({evaluation.BOOTSTRAP_RESAMPLES} resamples, seed "
+    f"{evaluation.BOOTSTRAP_SEED}) for pass@K and maj@K.")
 
 
 def write_report(workdir: str | os.PathLike[str],
@@ -478,30 +687,45 @@ def write_report(workdir: str | os.PathLike[str],
                  config_summary: str = "") -> str:
   """Writes WORKDIR/report.md and WORKDIR/plots/*.png; returns the report path.
 
-  Works on partial runs: missing numbers read "–" and are left out of plots.
+  The report reads results first: the method comparison, the per-iteration
+  tables, the per-difficulty tables (tasks with levels), the plots, and the
+  config last. Works on partial runs: missing numbers read "–" and are left
+  out of plots.
   """
   workdir = pathlib.Path(workdir)
   index = _Index(evals, stages)
   lines = [f"# {title}", ""]
-  if config_summary.strip():
-    lines += ["## Config", "", "```text", config_summary.strip(), "```", ""]
   if not index.methods:
     lines += ["No evaluations or stages logged yet.", ""]
-  for method in index.methods:
-    lines += [f"## {method}", "", *_method_table(index, method), ""]
-  if index.methods:
+  else:
     lines += [
         "## Test pass@1 vs base", "",
-        "Differences are in percentage points against iteration 0. The best "
-        "iteration is picked on val pass@1 when the method has val "
+        "Greedy test pass@1 of every method against the base model "
+        "(iteration 0). " + _INTERVALS_NOTE + " Differences are in "
+        "percentage points; their interval treats the two rates as "
+        "independent, which errs wide since both are on the same problems. "
+        "The best iteration is picked on val pass@1 when the method has val "
         "evaluations; picked on test it is an optimistic number, and the "
         "final iteration is the one to quote.", "",
         *_comparison_table(index), ""]
+  for method in index.methods:
+    lines += [f"## {method}", "", *_method_table(index, method), ""]
+  level_tables = [(method, split, table) for split in index.splits
+                  for method in index.methods
+                  if (table := _level_table(index, method, split))]
+  if level_tables:
+    lines += ["## Pass@1 by difficulty level", "",
+              "Greedy pass@1 per difficulty level of the task, with its exact "
+              "95% interval; n is the number of problems at the level.", ""]
+    for method, split, table in level_tables:
+      lines += [f"### {method}, {split}", "", *table, ""]
   plots = _plots(index, workdir / "plots")
   if plots:
     lines += ["## Plots", ""]
     for caption, name in plots:
       lines += [f"![{caption}](plots/{name})", ""]
+  if config_summary.strip():
+    lines += ["## Config", "", "```text", config_summary.strip(), "```", ""]
   path = workdir / "report.md"
   # Write-then-rename: a reader never sees a half-written report.
   tmp_path = path.with_suffix(".md.tmp")

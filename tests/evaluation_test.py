@@ -156,6 +156,7 @@ def test_summarize_tiny_example():
       references=["4", "2", "8"],
       ks=(1, 2, 4),
   )
+  intervals = {name: metrics.pop(name) for name in list(metrics) if name.endswith(("_lo", "_hi"))}
   assert metrics == pytest.approx({
       "pass@1": 2 / 3,
       # pass@2 per problem: 1 - C(1,2)/C(4,2) = 1; 0; 1 - C(3,2)/C(4,2) = 1/2.
@@ -172,6 +173,14 @@ def test_summarize_tiny_example():
       "num_problems": 3,
   })
   assert isinstance(metrics["num_problems"], int)
+  # Every rate but sample_accuracy has its interval: exact for greedy pass@1, bootstrap over problems for the rest.
+  assert set(intervals) == {f"{name}_{end}" for name in ("pass@1", "pass@2", "pass@4", "maj@1", "maj@2", "maj@4")
+                            for end in ("lo", "hi")}
+  assert (intervals["pass@1_lo"], intervals["pass@1_hi"]) == evaluation.clopper_pearson(2, 3)
+  assert (intervals["pass@2_lo"], intervals["pass@2_hi"]) == evaluation.bootstrap_interval([1.0, 0.0, 0.5])
+  assert (intervals["maj@2_lo"], intervals["maj@2_hi"]) == evaluation.bootstrap_interval([1.0, 0.5, 0.0])
+  for name in ("pass@2", "pass@4", "maj@1", "maj@2", "maj@4"):
+    assert intervals[f"{name}_lo"] <= metrics[name] <= intervals[f"{name}_hi"]
 
 
 def test_summarize_threshold_for_scalar_rewards():
@@ -182,7 +191,8 @@ def test_summarize_threshold_for_scalar_rewards():
       references=["b"],
       threshold=0.6,
   )
-  assert metrics == {"pass@1": 1.0, "sample_accuracy": 0.5, "num_problems": 1}
+  assert metrics == {"pass@1": 1.0, "pass@1_lo": evaluation.clopper_pearson(1, 1)[0], "pass@1_hi": 1.0,
+                     "sample_accuracy": 0.5, "num_problems": 1}
 
 
 def test_summarize_rejects_inconsistent_input():
@@ -240,3 +250,88 @@ def test_maj_at_k_judged_by_rewards_without_references():
   assert evaluation.maj_at_k(answers, None, 4, rewards=rewards, threshold=2.0) == 0.0
   with pytest.raises(ValueError, match="no reference and no rewards"):
     evaluation.maj_at_k(answers, None, 2)
+
+
+# Reference Clopper-Pearson bounds, computed independently as beta quantiles (scipy.stats.beta.ppf(0.025, k, n - k + 1)
+# and beta.ppf(0.975, k + 1, n - k)); 0/n and n/n also have closed forms, checked below.
+_CLOPPER_PEARSON = [
+    (3, 10, 0.06673951117773447, 0.6524528500599973),
+    (137, 500, 0.23534166201192522, 0.315354454511171),
+    (1, 1, 0.025, 1.0),
+    (50, 100, 0.39832112950330043, 0.6016788704966996),
+]
+
+
+@pytest.mark.parametrize("k,n,lo,hi", _CLOPPER_PEARSON)
+def test_clopper_pearson_matches_beta_quantiles(k, n, lo, hi):
+  assert evaluation.clopper_pearson(k, n) == pytest.approx((lo, hi), abs=1e-9)
+
+
+@pytest.mark.parametrize("n", [1, 7, 40, 1000])
+def test_clopper_pearson_closed_forms_at_zero_and_all(n):
+  # 0 successes: upper bound solves (1 - p)^n = 0.025; n successes: lower bound solves p^n = 0.025.
+  assert evaluation.clopper_pearson(0, n) == pytest.approx((0.0, 1 - 0.025 ** (1 / n)), abs=1e-9)
+  assert evaluation.clopper_pearson(n, n) == pytest.approx((0.025 ** (1 / n), 1.0), abs=1e-9)
+  assert evaluation.clopper_pearson(0, n, confidence=0.9)[1] == pytest.approx(1 - 0.05 ** (1 / n), abs=1e-9)
+
+
+def test_clopper_pearson_contains_the_rate_and_narrows_with_n():
+  widths = []
+  for n in (10, 100, 1000):
+    lo, hi = evaluation.clopper_pearson(3 * n // 10, n)
+    assert lo < 0.3 < hi
+    widths.append(hi - lo)
+  assert widths[0] > widths[1] > widths[2]
+
+
+@pytest.mark.parametrize("k,n,confidence", [(0, 0, 0.95), (-1, 5, 0.95), (6, 5, 0.95), (1, 5, 1.0)])
+def test_clopper_pearson_rejects_bad_arguments(k, n, confidence):
+  with pytest.raises(ValueError, match="clopper_pearson"):
+    evaluation.clopper_pearson(k, n, confidence)
+
+
+def test_bootstrap_interval_is_deterministic_and_covers_the_mean_about_95_percent_of_the_time():
+  rng = random.Random(0)
+  values = [rng.random() for _ in range(50)]
+  assert evaluation.bootstrap_interval(values) == evaluation.bootstrap_interval(values)
+  assert evaluation.bootstrap_interval(values) != evaluation.bootstrap_interval(values, seed=1)
+  # Synthetic per-problem pass@k estimates with a known mean: the interval should hold it in about 95% of data sets.
+  true_mean, trials, covered = 0.4, 300, 0
+  for trial in range(trials):
+    data_rng = random.Random(1000 + trial)
+    # Each problem's estimate is c / 4 with c ~ Binomial(4, 0.4): mean 0.4.
+    sample = [sum(data_rng.random() < true_mean for _ in range(4)) / 4 for _ in range(100)]
+    lo, hi = evaluation.bootstrap_interval(sample, num_resamples=500, seed=trial)
+    covered += lo <= true_mean <= hi
+  assert 0.90 <= covered / trials <= 0.99
+
+
+def test_bootstrap_interval_agrees_with_the_normal_interval_on_many_problems():
+  rng = random.Random(0)
+  values = [float(rng.random() < 0.3) for _ in range(2000)]
+  mean = sum(values) / len(values)
+  half = 1.96 * math.sqrt(mean * (1 - mean) / len(values))
+  lo, hi = evaluation.bootstrap_interval(values)
+  assert lo == pytest.approx(mean - half, abs=0.004) and hi == pytest.approx(mean + half, abs=0.004)
+  assert evaluation.bootstrap_interval([0.5] * 10) == (0.5, 0.5)
+
+
+def test_bootstrap_interval_rejects_bad_arguments():
+  for kwargs in ({"values": []}, {"values": [[0.5]]}, {"values": [0.5], "confidence": 0.0},
+                 {"values": [0.5], "num_resamples": 0}):
+    with pytest.raises(ValueError, match="bootstrap_interval"):
+      evaluation.bootstrap_interval(**kwargs)
+
+
+def test_level_metrics_groups_by_level_and_skips_unknown_levels():
+  correct = [True, False, True, True, False, True]
+  levels = [1, 1, 3, None, 3, 3]
+  metrics = evaluation.level_metrics(correct, levels)
+  assert list(metrics) == ["level_1/pass@1", "level_1/pass@1_lo", "level_1/pass@1_hi", "level_1/num_problems",
+                           "level_3/pass@1", "level_3/pass@1_lo", "level_3/pass@1_hi", "level_3/num_problems"]
+  assert metrics["level_1/pass@1"] == 0.5 and metrics["level_1/num_problems"] == 2
+  assert metrics["level_3/pass@1"] == pytest.approx(2 / 3) and metrics["level_3/num_problems"] == 3
+  assert (metrics["level_3/pass@1_lo"], metrics["level_3/pass@1_hi"]) == evaluation.clopper_pearson(2, 3)
+  assert evaluation.level_metrics([True, False], [None, None]) == {}
+  with pytest.raises(ValueError, match="level_metrics"):
+    evaluation.level_metrics([True], [1, 2])

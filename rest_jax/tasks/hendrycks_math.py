@@ -84,8 +84,16 @@ def _keep(level: Any, subject: str, levels: Sequence[int] | None, subjects: Sequ
   return subjects is None or subject in subjects
 
 
+def _level(level: Any) -> int | None:
+  """MATH's "Level 3" and MATH-500's 3 as 3; "Level ?" (and no level) as None."""
+  text = str(level).removeprefix("Level ")
+  return int(text) if text.isdigit() else None
+
+
 def _problem(split: str, record: dict[str, Any], answer: str, prompt_text: str, with_solution: bool) -> base.Problem:
-  return base.Problem(id=f"{split}/{record['id']}", prompt=prompt_text, fields={"answer": answer},
+  # The level goes to the reward as an unused field, and to the evaluation's per-level pass@1.
+  return base.Problem(id=f"{split}/{record['id']}", prompt=prompt_text,
+                      fields={"answer": answer, "level": _level(record.get("level"))},
                       solution=human_solution(record["solution"], answer) if with_solution else None)
 
 

@@ -49,7 +49,9 @@ def test_splits_fields_and_human_solutions(paths, data_dir):
   for split, problems in task.splits.items():
     for p in problems:
       record = by_problem[p.prompt.rsplit("Problem:\n", 1)[1].removesuffix("\n\nSolution:\n")]
-      assert dict(p.fields) == {"answer": hendrycks_math.last_boxed(record["solution"])}
+      level = record["level"].removeprefix("Level ")  # "Level 3" is 3; MATH's few "Level ?" have no level.
+      assert dict(p.fields) == {"answer": hendrycks_math.last_boxed(record["solution"]),
+                                "level": int(level) if level.isdigit() else None}
       assert p.prompt.count("I hope it is correct.") == 4
       assert (p.solution is not None) == (split == "human")
   human = task.split("human")

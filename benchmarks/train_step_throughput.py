@@ -21,6 +21,7 @@ jax in the same run (a 2048^3 matmul, best of 5) in float32 and bfloat16.
   python benchmarks/train_step_throughput.py --rows=8 --seq_len=128 --steps=3
   python benchmarks/train_step_throughput.py --dtype=bfloat16 --steps=3
   python benchmarks/train_step_throughput.py --peak_memory --rows=8 --seq_len=512
+  python benchmarks/train_step_throughput.py --peak_memory --memory_scheduler --rows=8 --seq_len=512
 
 `--peak_memory` runs one train step per setting (plain, remat, chunked loss, both) at `--rows` x `--seq_len`, each in
 a fresh subprocess, and reports (1) XLA's compiled memory analysis of the train step: temporary buffers plus
@@ -28,6 +29,11 @@ arguments and outputs not aliased by donation, i.e. what the step itself needs, 
 peaks, and (2) the process's peak RSS (getrusage ru_maxrss) before and after the step, whose growth is the step's
 real high-water mark above what loading already reached (the GGUF dequantisation peaks first, so growth can be 0
 when the step needs less than loading did).
+
+`--memory_scheduler` runs those processes with XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false.
+XLA:CPU's default scheduler orders ops for parallelism and ignores memory: it runs every block's rematerialised
+forward right after the forward pass, so remat saves almost nothing under it. The flag is read from XLA_FLAGS only
+(jit's compiler_options does not change it in jax 0.10), so it is an environment setting of the process.
 """
 
 import argparse
@@ -261,8 +267,9 @@ def one_step_memory(args) -> None:
 def peak_memory(args) -> None:
   settings = [("none", 0), ("full", 0), ("none", args.memory_chunk), ("full", args.memory_chunk),
               ("dots_with_no_batch_dims_saveable", args.memory_chunk)]
-  print(f"Peak memory of one train step, SmolLM2-135M, {args.rows} x {args.seq_len} tokens, compute {args.dtype}; "
-        f"each setting in a fresh process\n")
+  scheduler = "memory-aware" if args.memory_scheduler else "default (concurrency-optimised)"
+  print(f"Peak memory of one train step, SmolLM2-135M, {args.rows} x {args.seq_len} tokens, compute {args.dtype}, "
+        f"XLA:CPU scheduler {scheduler}; each setting in a fresh process\n")
   print("| remat | loss_chunk_size | XLA temporaries MiB | step total MiB (args + temps + unaliased outputs) | "
         "peak RSS before step MiB | after MiB | loss |")
   print("|---|---:|---:|---:|---:|---:|---:|")
@@ -271,7 +278,10 @@ def peak_memory(args) -> None:
     cmd = [sys.executable, __file__, "--_one_step_memory", f"--rows={args.rows}", f"--seq_len={args.seq_len}",
            f"--dtype={args.dtype}", f"--remat={remat}", f"--loss_chunk_size={chunk}",
            f"--num_layers={args.num_layers}"]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    env = dict(os.environ)
+    if args.memory_scheduler:
+      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_enable_concurrency_optimized_scheduler=false").strip()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1]
     r = json.loads(out)
     total = r["argument_bytes"] + r["temp_bytes"] + r["output_bytes"] - r["alias_bytes"]
     print(f"| {remat} | {chunk} | {mib(r['temp_bytes']):.0f} | {mib(total):.0f} | "
@@ -291,6 +301,8 @@ def main() -> None:
   parser.add_argument("--skip_torch", action="store_true", help="time rest_jax only")
   parser.add_argument("--peak_memory", action="store_true", help="peak memory of one step per setting")
   parser.add_argument("--memory_chunk", type=int, default=128, help="loss_chunk_size of --peak_memory's settings")
+  parser.add_argument("--memory_scheduler", action="store_true",
+                      help="--peak_memory: XLA:CPU's memory-aware scheduler (see the module docstring)")
   parser.add_argument("--_one_step_memory", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args._one_step_memory:

@@ -15,8 +15,8 @@ the step as train() runs it, with the batch transfer and the metrics fetch, minu
 batch; the fused step can be faster than its parts' sum, which is printed too); PyTorch's are timed inside its step
 (host = zero_grad and the Python between the parts). N counts every parameter once, the tied embedding included,
 because the tied table is the output projection's matrix (2 x V x D FLOPs per token forward); the input lookup is a
-gather and attention's score and value products (12 L T D per token forward and backward, 3% here) are not in 6ND. The matmul rates are measured with
-jax in the same run (a 2048^3 matmul, best of 5) in float32 and bfloat16.
+gather and attention's score and value products (12 L T D per token forward and backward, 3% here) are not in 6ND.
+The matmul rates are measured with jax in the same run (a 2048^3 matmul, best of 5) in float32 and bfloat16.
 
   python benchmarks/train_step_throughput.py --rows=8 --seq_len=128 --steps=3
   python benchmarks/train_step_throughput.py --dtype=bfloat16 --steps=3

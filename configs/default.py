@@ -85,6 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       learning_rate=3e-3, lr_schedule="cosine", warmup_steps=10, end_lr_factor=0.1, weight_decay=0.01,
       b1=0.9, b2=0.98, grad_clip=1.0, seq_len=128, batch_rows=32, micro_batches=1, num_epochs=8.0, max_steps=0,
       eval_every=25, patience=4, loss="weighted_nll", seed=0))
+  # Memory options of the M-step; they change memory and speed, not results (benchmarks/train_step_throughput.py).
+  c.train.loss_chunk_size = 0  # Cross-entropy over chunks of this many positions, no B x T x V logits (0 = plain).
+  c.train.remat = "none"  # Per-block gradient checkpointing: "none", "full", "dots_saveable", ...
 
   c.eval = ml_collections.ConfigDict()
   c.eval.splits = ("test", "transfer", "train")  # Evaluated after every iteration ("train" on a subset).

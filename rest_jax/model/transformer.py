@@ -118,6 +118,19 @@ class Dense(nn.Module):
     return y
 
 
+class _Kernel(nn.Module):
+  """A `Dense` kernel on its own (`lm_head/kernel`), for callers that apply it themselves."""
+
+  cfg: ModelConfig
+  shape: tuple[int, int]
+  axes: tuple[str, str]
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    init = nn.initializers.lecun_normal(in_axis=(0,), out_axis=(1,))
+    return self.param("kernel", nn.with_logical_partitioning(init, self.axes), self.shape, self.cfg.param_dtype)
+
+
 class RMSNorm(nn.Module):
   cfg: ModelConfig
 
@@ -252,19 +265,45 @@ class Block(nn.Module):
     return nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed")), new_cache
 
 
+# train.remat -> what a rematerialised block keeps from its forward pass for the backward (None: only its inputs).
+REMAT_POLICIES: dict[str, Any] = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def check_remat(remat: str) -> None:
+  if remat != "none" and remat not in REMAT_POLICIES:
+    raise ValueError(f"train.remat must be 'none' or one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+
+
 class Transformer(nn.Module):
   """`apply(params, tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index) -> (logits_BxTxV, cache)`.
 
   `mask_BxTxS[b, t, s]` says whether query t of row b may attend to key slot s (causality, padding and packing are
   all expressed by the caller through it; see `causal_mask` and the sampler). Without a cache, S == T. With a cache,
   this call's keys are written at slots [cache_index, cache_index + T) first.
+
+  `remat` (training only, without a cache) recomputes each block's activations in the backward pass instead of
+  keeping them (`REMAT_POLICIES`); `hidden=True` returns the final-normed hidden states x_BxTxD instead of the logits,
+  for losses that project onto the vocabulary themselves (`output_logits`).
   """
 
   cfg: ModelConfig
+  remat: str = "none"
 
   @nn.compact
-  def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: Cache | None = None, cache_index=0):
+  def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: Cache | None = None, cache_index=0,
+               hidden: bool = False):
     cfg = self.cfg
+    check_remat(self.remat)
+    block = Block
+    if self.remat != "none":
+      if cache is not None:
+        raise ValueError("Transformer: remat is for training; it cannot be combined with a KV cache")
+      # prevent_cse: the blocks are not inside a scan, where XLA could otherwise merge the recomputation away.
+      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=True, static_argnums=(5,))
     embed = nn.Embed(
         cfg.vocab_size, cfg.embed_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")), name="embed")
@@ -274,20 +313,38 @@ class Transformer(nn.Module):
     x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed"))
     new_cache = [] if cache is not None else None
     for i in range(cfg.num_layers):
-      x_BxTxD, layer_cache = Block(cfg, i, name=f"layer_{i}")(
+      x_BxTxD, layer_cache = block(cfg, i, name=f"layer_{i}")(
           x_BxTxD, positions_BxT, mask_BxTxS, None if cache is None else cache[i], cache_index)
       if cache is not None:
         new_cache.append(layer_cache)
     x_BxTxD = RMSNorm(cfg, name="final_norm")(x_BxTxD)
     if cfg.tied_embeddings:
-      logits_BxTxV = embed.attend(x_BxTxD)
+      head = embed.embedding  # VxD
     else:
-      logits_BxTxV = Dense(cfg, (cfg.vocab_size,), ("embed", "vocab"), name="lm_head")(x_BxTxD)
-    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
-    if cfg.final_logits_softcap is not None:
-      logits_BxTxV = jnp.tanh(logits_BxTxV / cfg.final_logits_softcap) * cfg.final_logits_softcap
-    logits_BxTxV = nn.with_logical_constraint(logits_BxTxV, ("batch", "length", "act_vocab"))
+      head = _Kernel(cfg, (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), name="lm_head")()  # DxV
+    if hidden:
+      return x_BxTxD, new_cache
+    logits_BxTxV = nn.with_logical_constraint(_project(cfg, head, x_BxTxD), ("batch", "length", "act_vocab"))
     return logits_BxTxV, new_cache
+
+
+def output_logits(cfg: ModelConfig, params: Any, x_BxTxD: jax.Array) -> jax.Array:
+  """float32 logits_BxTxV of final-normed hidden states, exactly as `Transformer` computes them (softcap included)."""
+  head = params["embed"]["embedding"] if cfg.tied_embeddings else params["lm_head"]["kernel"]
+  return _project(cfg, head, x_BxTxD)
+
+
+def _project(cfg: ModelConfig, head: jax.Array, x_BxTxD: jax.Array) -> jax.Array:
+  """The output projection: onto the tied embedding table (VxD) or the separate `lm_head` kernel (DxV)."""
+  x_BxTxD, head = x_BxTxD.astype(cfg.dtype), head.astype(cfg.dtype)
+  if cfg.tied_embeddings:
+    logits_BxTxV = jnp.einsum("btd,vd->btv", x_BxTxD, head)
+  else:
+    logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, head)
+  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+  if cfg.final_logits_softcap is not None:
+    logits_BxTxV = jnp.tanh(logits_BxTxV / cfg.final_logits_softcap) * cfg.final_logits_softcap
+  return logits_BxTxV
 
 
 def causal_mask(segment_ids_BxT: jax.Array) -> jax.Array:

@@ -45,6 +45,11 @@ class TrainConfig:
   eval_every: int = 50  # Steps between validation evaluations (and at the end).
   patience: int = 0  # Stop after this many evaluations without improvement (0 = never stop early).
   loss: str = "weighted_nll"
+  # Cross-entropy over chunks of this many positions, never holding B x T x V float32 logits (0 = the plain loss).
+  loss_chunk_size: int = 0
+  # Per-block gradient checkpointing: "none", "full" (keep only block inputs), "dots_saveable" (also keep matmul
+  # outputs) or "dots_with_no_batch_dims_saveable" (keep weight matmuls, recompute attention).
+  remat: str = "none"
   seed: int = 0
 
   def __post_init__(self):
@@ -56,7 +61,10 @@ class TrainConfig:
     if self.learning_rate <= 0 or self.num_epochs <= 0:
       raise ValueError(f"train.learning_rate and train.num_epochs must be > 0, got {self.learning_rate}, "
                        f"{self.num_epochs}")
-    loss_lib.get(self.loss)
+    loss_lib.get(self.loss, chunk_size=self.loss_chunk_size, remat=self.remat)
+
+  def loss_factory(self) -> loss_lib.LossFactory:
+    return loss_lib.get(self.loss, chunk_size=self.loss_chunk_size, remat=self.remat)
 
 
 @flax.struct.dataclass
@@ -117,7 +125,7 @@ def _decay_mask(params: Any) -> Any:
 
 # TrainConfig fields the optimizer does not read: M-steps that differ only in these share one optimizer object.
 _NOT_OPTIMIZER_FIELDS = ("seq_len", "batch_rows", "micro_batches", "num_epochs", "max_steps", "eval_every", "patience",
-                         "loss", "seed")
+                         "loss", "loss_chunk_size", "remat", "seed")
 
 
 def make_optimizer(c: TrainConfig) -> optax.GradientTransformation:
@@ -175,6 +183,21 @@ def jit_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, loss_fact
   return step_fn, state_shardings
 
 
+def init_train_state(params: Any, *, cfg: ModelConfig, config: TrainConfig, mesh: Mesh,
+                     total_steps: int) -> tuple[Callable[..., Any], TrainState]:
+  """(the jitted, donating train step, a fresh state on `mesh` for an M-step of `total_steps` from `params`)."""
+  tx = make_optimizer(config)
+  step_fn, state_shardings = jit_train_step(cfg, tx, config.loss_factory(), mesh)
+  # A fresh copy: the caller's params (the base model) stay valid although the train state is donated.
+  params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=state_shardings.params)(params)
+  replicated = sharding.replicated(mesh)
+  opt_state = jax.jit(lambda p, n: with_total_steps(tx.init(p), n), out_shardings=state_shardings.opt_state)(
+      params, distributed.host_to_global(np.asarray(total_steps, np.int32), replicated))
+  step0 = distributed.host_to_global(np.asarray(0, np.int32), replicated)
+  return step_fn, TrainState(step=step0, params=params, opt_state=opt_state, cfg=cfg, tx=tx,
+                             loss_factory=state_shardings.loss_factory)
+
+
 @dataclasses.dataclass
 class FinetuneResult:
   params: Any  # The best parameters on the validation metric (the last ones when there is no validation).
@@ -202,16 +225,7 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
   total_steps = max(1, int(round(per_epoch * config.num_epochs)))
   if config.max_steps > 0:
     total_steps = min(total_steps, config.max_steps)
-  tx = make_optimizer(config)
-  loss_factory = loss_lib.get(config.loss)
-  step_fn, state_shardings = jit_train_step(cfg, tx, loss_factory, mesh)
-  # A fresh copy: the caller's params (the base model) stay valid although the train state is donated.
-  params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=state_shardings.params)(params)
-  replicated = sharding.replicated(mesh)
-  opt_state = jax.jit(lambda p, n: with_total_steps(tx.init(p), n), out_shardings=state_shardings.opt_state)(
-      params, distributed.host_to_global(np.asarray(total_steps, np.int32), replicated))
-  step0 = distributed.host_to_global(np.asarray(0, np.int32), replicated)
-  state = TrainState(step=step0, params=params, opt_state=opt_state, cfg=cfg, tx=tx, loss_factory=loss_factory)
+  step_fn, state = init_train_state(params, cfg=cfg, config=config, mesh=mesh, total_steps=total_steps)
 
   rng = np.random.default_rng(config.seed)
   best_params, best_val, best_step = None, None, 0

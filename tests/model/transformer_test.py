@@ -325,3 +325,29 @@ def test_param_count(cfg):
   # embed 64x32; per layer q 32x4x8, k, v 32x2x8, o 4x8x32, gate, up 32x64, down 64x32, two norms; final norm.
   per_layer = 2 * 1024 + 2 * 512 + 3 * 2048 + 2 * 32
   assert transformer.param_count(_param_shapes(cfg)) == 64 * 32 + 2 * per_layer + 32
+
+
+@pytest.mark.parametrize("remat", ["full", "dots_saveable"])
+def test_remat_keeps_the_forward_and_refuses_a_cache(cfg, params, remat):
+  tokens_2xT = _tokens(7, (2, T))
+  positions_2xT = jnp.broadcast_to(jnp.arange(T), (2, T))
+  mask = causal_mask(jnp.ones((2, T), jnp.int32))
+  logits, _ = jax.jit(lambda p: Transformer(cfg, remat=remat).apply({"params": p}, tokens_2xT, positions_2xT, mask),
+                      compiler_options=_FAST_COMPILE)(params)
+  np.testing.assert_allclose(logits, _forward_row(params, tokens_2xT, cfg), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="remat is for training"):
+    Transformer(cfg, remat=remat).apply({"params": params}, tokens_2xT, positions_2xT, mask, init_cache(cfg, 2, T))
+  with pytest.raises(ValueError, match="train.remat"):
+    Transformer(cfg, remat="most").apply({"params": params}, tokens_2xT, positions_2xT, mask)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"tied_embeddings": False, "final_logits_softcap": 2.0}])
+def test_hidden_states_through_output_logits_are_the_logits(overrides):
+  cfg = tiny_config(num_layers=1, **overrides)
+  params = _random_params(cfg, seed=5)
+  tokens_2xT = _tokens(8, (2, T))
+  args = (tokens_2xT, jnp.broadcast_to(jnp.arange(T), (2, T)), causal_mask(jnp.ones((2, T), jnp.int32)))
+  x_BxTxD, _ = Transformer(cfg).apply({"params": params}, *args, hidden=True)
+  assert x_BxTxD.shape == (2, T, cfg.embed_dim)
+  np.testing.assert_allclose(transformer.output_logits(cfg, params, x_BxTxD),
+                             Transformer(cfg).apply({"params": params}, *args)[0], rtol=1e-6, atol=1e-6)

@@ -220,3 +220,60 @@ def test_train_rejects_no_examples_and_batch_rows_not_divisible_by_the_batch_sha
 def test_train_config_rejects_bad_values(kwargs, field):
   with pytest.raises(ValueError, match=field):
     TrainConfig(**kwargs)
+
+
+def _adamw_state(params, config: TrainConfig, cfg=CFG) -> TrainState:
+  tx = finetune.make_optimizer(config)
+  opt_state = finetune.with_total_steps(tx.init(params), 10)
+  return TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=opt_state, cfg=cfg, tx=tx,
+                    loss_factory=config.loss_factory())
+
+
+_ADAMW = dict(learning_rate=1e-2, warmup_steps=0, seq_len=SEQ_LEN, batch_rows=4)
+
+
+@pytest.mark.parametrize("memory", [dict(remat="full"), dict(remat="dots_with_no_batch_dims_saveable"),
+                                    dict(loss_chunk_size=5), dict(remat="full", loss_chunk_size=4)])
+def test_remat_and_the_chunked_loss_change_memory_not_results(params, rows, memory):
+  """Four AdamW steps with a memory option reach the parameters the plain steps reach, to float32 rounding."""
+  cfg = tiny_config(vocab_size=64, num_layers=2)
+  params = random_params(cfg, 3)
+  batch = _as_steps(rows, 2)
+  plain, option = _adamw_state(params, TrainConfig(**_ADAMW), cfg), _adamw_state(
+      params, TrainConfig(**_ADAMW, **memory), cfg)
+  for _ in range(4):
+    plain, plain_metrics = _step(plain, batch)
+    option, metrics = _step(option, batch)
+    np.testing.assert_allclose(metrics["loss"], plain_metrics["loss"], rtol=1e-5)
+  assert _max_diff(plain.params, params) > 1e-2  # AdamW moved every weight by about lr per step.
+  assert _max_diff(option.params, plain.params) < 1e-5
+
+
+@pytest.mark.parametrize("memory", [dict(remat="full", loss_chunk_size=4), dict(loss_chunk_size=16)])
+@pytest.mark.parametrize("mesh_shape", [dict(data=4, tensor=2), dict(data=1, fsdp=4, tensor=2)])
+def test_remat_and_the_chunked_loss_sharded_equal_the_single_device_step(params, rows, memory, mesh_shape):
+  """Rows split over data or fsdp (which also shards the weights), the vocabulary (the chunked logits too) over
+  tensor: the same update."""
+  batch = _as_steps(rows, 1)
+  config = TrainConfig(**_ADAMW, **memory)
+  expected, expected_metrics = _step(_adamw_state(params, config), batch)
+  mesh = sharding.make_mesh(**mesh_shape)
+  step_fn, state_shardings = finetune.jit_train_step(CFG, finetune.make_optimizer(config), config.loss_factory(),
+                                                     mesh)
+  state = jax.device_put(_adamw_state(params, config), state_shardings)
+  sharded_batch = jax.device_put(batch, NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp"), None)))
+  with sharding.use_mesh(mesh):
+    state, metrics = step_fn(state, sharded_batch)
+  assert len(state.params["embed"]["embedding"].sharding.device_set) == 8
+  assert not state.params["embed"]["embedding"].sharding.is_fully_replicated
+  assert _max_diff(expected.params, params) > 1e-3
+  assert _max_diff(state.params, expected.params) < 1e-5
+  np.testing.assert_allclose(metrics["loss"], expected_metrics["loss"], rtol=1e-5)
+
+
+def test_train_config_validates_the_memory_options():
+  with pytest.raises(ValueError, match="loss_chunk_size"):
+    TrainConfig(loss_chunk_size=-2)
+  with pytest.raises(ValueError, match="train.remat"):
+    TrainConfig(remat="everything")
+  assert TrainConfig(remat="full", loss_chunk_size=64).loss_factory().keywords == {"chunk_size": 64, "remat": "full"}

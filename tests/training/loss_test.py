@@ -105,3 +105,86 @@ def test_get_looks_up_losses_by_name():
   assert loss.get("weighted_nll") is loss.weighted_nll
   with pytest.raises(ValueError, match="unknown loss 'nll2'"):
     loss.get("nll2")
+
+
+# The chunked cross-entropy: equal to the plain loss and its gradient, with and without tied embeddings and softcaps.
+
+def _packed_batch(seq_len: int, seed: int = 0):
+  """Two rows of packed examples with random rewards, padding at the ends: masked and weighted tokens."""
+  rs = np.random.default_rng(seed)
+  examples = [batching.Example(tuple(rs.integers(4, 60, size=int(rs.integers(2, 5)))),
+                               tuple(rs.integers(4, 60, size=int(rs.integers(1, 4)))) + (2,),
+                               float(rs.uniform(0.2, 2.0))) for _ in range(5)]
+  packed = batching.pack(examples, seq_len, np.arange(len(examples)), open_rows=2)
+  assert packed["tokens"].shape[0] >= 2 and (packed["segment_ids"] == 0).any() and (~packed["loss_mask"]).any()
+  return packed
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "chunk_size", "remat"), compiler_options=_FAST_COMPILE)
+def _loss_and_grad(params, batch, cfg, chunk_size, remat="none"):
+  return jax.value_and_grad(lambda p: loss.weighted_nll(cfg, batch, chunk_size=chunk_size, remat=remat)(p),
+                            has_aux=True)(params)
+
+
+def _assert_trees_close(a, b, rtol, atol):
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"tied_embeddings": False}, {"final_logits_softcap": 3.0}])
+@pytest.mark.parametrize("chunk_size", [1, 5, 16])  # 5 does not divide T = 16: the last chunk is padded.
+def test_chunked_loss_and_gradient_equal_the_plain_ones(overrides, chunk_size):
+  cfg = tiny_config(num_layers=1, **overrides)
+  params, batch = random_params(cfg, 1), _packed_batch(16)
+  (plain, plain_aux), plain_grads = _loss_and_grad(params, batch, cfg, 0)
+  (chunked, aux), grads = _loss_and_grad(params, batch, cfg, chunk_size)
+  np.testing.assert_allclose(chunked, plain, rtol=1e-6)
+  np.testing.assert_allclose(aux["nll_sum"], plain_aux["nll_sum"], rtol=1e-6)
+  assert int(aux["tokens"]) == int(plain_aux["tokens"]) == batch["loss_mask"].sum()
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(plain_grads))
+  _assert_trees_close(grads, plain_grads, rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_the_final_softcap_changes_the_chunked_loss():
+  """The chunked path applies the model's softcap: without it the two losses would be equal."""
+  cfg, capped = tiny_config(num_layers=1), tiny_config(num_layers=1, final_logits_softcap=1.0)
+  params, batch = random_params(cfg, 1), _packed_batch(16)
+  free, capped_chunked = (_loss_and_grad(params, batch, c, 4)[0][0] for c in (cfg, capped))
+  np.testing.assert_allclose(capped_chunked, _loss_and_grad(params, batch, capped, 0)[0][0], rtol=1e-6)
+  assert abs(float(capped_chunked) - float(free)) > 1e-2
+
+
+def test_chunked_loss_never_materialises_the_full_logits():
+  """The plain loss's compiled gradient holds more than B x T x V floats of temporaries; the chunked one's, over
+  chunks of one position (a sixteenth of the logits), less than a quarter of the plain one's. (B x T is taken well
+  above D: the V x D head gradient is the floor of both.)"""
+  cfg = tiny_config(vocab_size=4096, num_layers=1)
+  params = random_params(cfg, 1)
+  batch = {k: np.tile(v, (8, 1)) for k, v in _packed_batch(16).items()}
+  full_bytes = 4 * batch["tokens"].size * cfg.vocab_size
+  temp = lambda chunk: jax.jit(lambda p, b: jax.grad(lambda q: loss.weighted_nll(cfg, b, chunk_size=chunk)(q)[0])(p),
+                               ).lower(params, batch).compile().memory_analysis().temp_size_in_bytes
+  plain = temp(0)
+  assert plain > full_bytes
+  assert temp(1) < plain / 4
+
+
+def test_get_binds_the_memory_options_once():
+  factory = loss.get("weighted_nll", chunk_size=8, remat="full")
+  assert factory is loss.get("weighted_nll", chunk_size=8, remat="full")  # One compiled step for equal settings.
+  assert factory.keywords == {"chunk_size": 8, "remat": "full"}
+  with pytest.raises(ValueError, match="loss_chunk_size"):
+    loss.get("weighted_nll", chunk_size=-1)
+  with pytest.raises(ValueError, match="train.remat"):
+    loss.get("weighted_nll", remat="some")
+
+
+@pytest.mark.parametrize("remat", ["full", "dots_saveable", "dots_with_no_batch_dims_saveable"])
+def test_remat_gives_the_same_loss_and_gradient(remat):
+  cfg = tiny_config(num_layers=2)
+  params, batch = random_params(cfg, 2), _packed_batch(16)
+  (plain, _), plain_grads = _loss_and_grad(params, batch, cfg, 0)
+  (rematted, _), grads = _loss_and_grad(params, batch, cfg, 4, remat)
+  np.testing.assert_allclose(rematted, plain, rtol=1e-6)
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(plain_grads))
+  _assert_trees_close(grads, plain_grads, rtol=1e-5, atol=1e-6 * scale)

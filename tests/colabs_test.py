@@ -106,9 +106,30 @@ def test_quickstart_finds_the_repository_from_anywhere_inside_it(where):
   assert f"repository root: {_REPO}" in _text(notebook.cells[0].outputs)
 
 
-def test_quickstart_outside_the_repository_says_where_to_start(tmp_path):
+def test_quickstart_outside_a_checkout_without_a_repository_url_says_what_to_set(tmp_path, monkeypatch):
+  monkeypatch.delenv("REST_JAX_REPO", raising=False)
   notebook = _first_code_cell()
   client = nbclient.NotebookClient(notebook, timeout=60, kernel_name="python3",
                                    resources={"metadata": {"path": str(tmp_path)}})
-  with pytest.raises(nbclient.exceptions.CellExecutionError, match="no configs/default.py in"):
+  with pytest.raises(nbclient.exceptions.CellExecutionError, match="no rest_jax checkout in .* set REST_JAX_REPO"):
     client.execute()
+
+
+def test_quickstart_outside_a_checkout_clones_and_installs_rest_jax(tmp_path, monkeypatch):
+  """As in Colab: no checkout around the notebook, so the first cell clones REST_JAX_REPO and pip-installs it.
+
+  The clone comes from this checkout's git repository and pip installs into a scratch target with no index and no
+  dependencies, so nothing is downloaded and the environment running the tests is left as it was.
+  """
+  clone, target = tmp_path / "clone", tmp_path / "site"
+  for name, value in {"REST_JAX_REPO": str(_REPO), "REST_JAX_CLONE_DIR": str(clone), "PIP_TARGET": str(target),
+                      "PIP_NO_DEPS": "1", "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0"}.items():
+    monkeypatch.setenv(name, value)
+  (tmp_path / "colab").mkdir()
+  notebook = _first_code_cell()
+  nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                          resources={"metadata": {"path": str(tmp_path / "colab")}}).execute()
+  assert f"repository root: {clone}" in _text(notebook.cells[0].outputs)
+  assert (clone / "configs" / "default.py").is_file()
+  installed = target / "rest_jax"
+  assert (installed / "__init__.py").is_file() and (installed / "assets" / "arithmetic_sp.model").is_file()

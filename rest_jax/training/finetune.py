@@ -27,6 +27,9 @@ from rest_jax.training import batching
 from rest_jax.training import loss as loss_lib
 
 
+LR_SCHEDULES = ("cosine", "linear", "constant")  # What follows the warmup (`learning_rate`).
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   learning_rate: float = 1e-3
@@ -48,7 +51,7 @@ class TrainConfig:
   seed: int = 0
 
   def __post_init__(self):
-    if self.lr_schedule not in ("cosine", "linear", "constant"):
+    if self.lr_schedule not in LR_SCHEDULES:
       raise ValueError(f"train.lr_schedule must be cosine, linear or constant, got {self.lr_schedule!r}")
     for name in ("seq_len", "batch_rows", "micro_batches", "eval_every"):
       if getattr(self, name) < 1:

@@ -74,7 +74,7 @@ def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDi
     diff = sorted(k for k in set(saved) | set(current)
                   if saved.get(k) != current.get(k) and k not in _RESULT_NEUTRAL_FIELDS)
     if diff:
-      shown = ", ".join(f"{k}: {saved.get(k, '(none)')!r} there, {current.get(k, '(none)')!r} now" for k in diff[:3])
+      shown = ", ".join(f"{k} ({saved.get(k, '(none)')!r} there, {current.get(k, '(none)')!r} now)" for k in diff[:3])
       more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
       raise errors.UserError(f"{path}: the workdir holds a run with a different config (fields {shown}{more}); rerun "
                              "with its config to resume it, or give a new --workdir for this one")

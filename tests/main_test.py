@@ -373,8 +373,8 @@ def test_different_config_in_an_existing_workdir_fails_and_writes_nothing(runs):
                           text=True, timeout=_RUN_TIMEOUT_S)
   assert result.returncode != 0
   error = result.stderr.strip().splitlines()[-1]
-  assert error.startswith("ValueError: ") and str(runs.full / "config.json") in error, error
-  assert "rest.cap" in error, error
+  assert error.startswith(f"error: {runs.full / 'config.json'}: ") and "new --workdir" in error, error
+  assert f"rest.cap ({_CAP} there, 3 now)" in error, error
   assert _tree(runs.full) == before
 
 

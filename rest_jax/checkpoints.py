@@ -15,6 +15,7 @@ must be shared, and only process 0 removes leftovers and renames.
 """
 
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -144,6 +145,31 @@ class IterationCheckpoints:
   def load_metadata(self, method: str, iteration: int) -> dict[str, Any]:
     return load_metadata(self.path(method, iteration))
 
+  def restore(self, method: str, iteration: int, shardings: Any = None) -> tuple[Any, dict[str, Any]] | None:
+    """`load`, or None when there is nothing to load: no checkpoint, or a damaged one, which is set aside.
+
+    A checkpoint under its final name that is incomplete (its commit marker gone) or does not read back (a
+    truncated, emptied or missing file) is renamed by `set_aside`, never deleted, so the caller recomputes it and
+    the damaged copy stays for a post-mortem.
+    """
+    path = self.path(method, iteration)
+    if not (path.exists() or path.is_symlink()):
+      return None
+    problem = None if exists(path) else "is incomplete (no commit marker or a missing item)"
+    if problem is None:
+      try:
+        return load(path, shardings=shardings)
+      except (KeyboardInterrupt, MemoryError):
+        raise
+      except Exception as error:  # pylint: disable=broad-except  (whatever Orbax or TensorStore raise for bad bytes)
+        problem = f"does not read back ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
+    distributed.barrier(f"rest_jax damaged checkpoint: {path}")
+    if distributed.is_primary():
+      moved = set_aside(path)
+      logging.warning("checkpoint %s %s; moved it to %s and recomputing it", path, problem, moved.name)
+    distributed.barrier(f"rest_jax damaged checkpoint set aside: {path}")
+    return None
+
   def latest(self, method: str) -> int | None:
     """The highest iteration of `method` with a complete checkpoint; None when there is none."""
     method_dir = self.path(method, 0).parent
@@ -152,6 +178,20 @@ class IterationCheckpoints:
     iterations = [int(match.group(1)) for child in method_dir.iterdir()
                   if (match := _ITERATION_DIR.fullmatch(child.name)) and exists(child)]
     return max(iterations, default=None)
+
+
+def set_aside(path: PathLike) -> pathlib.Path:
+  """Renames the damaged file or directory `path` to `<name>.damaged-<UTC time>` next to it; returns the new path.
+
+  Damaged results are never deleted: the new name takes them out of every lookup while keeping them for a look.
+  """
+  path = pathlib.Path(path)
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+  target, n = path.with_name(f"{path.name}.damaged-{stamp}"), 1
+  while target.exists() or target.is_symlink():
+    target, n = path.with_name(f"{path.name}.damaged-{stamp}-{n}"), n + 1
+  path.rename(target)
+  return target
 
 
 def _write(directory: pathlib.Path, params: Any, metadata: dict[str, Any]) -> None:

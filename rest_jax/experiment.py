@@ -16,10 +16,12 @@ processes decide what to skip on a resume from the same files.
 """
 
 import dataclasses
+import gzip
 import json
 import logging
 import os
 import pathlib
+import tempfile
 import time
 import zlib
 from typing import Any
@@ -29,7 +31,9 @@ import ml_collections
 import numpy as np
 
 from rest_jax import checkpoints
+from rest_jax import config_check
 from rest_jax import distributed
+from rest_jax import errors
 from rest_jax import generation
 from rest_jax import reporting
 from rest_jax import selection
@@ -53,15 +57,38 @@ def _asset(name: str) -> str:
   return str(pathlib.Path(__file__).parent / "assets" / name)
 
 
+# Fields that cannot change a result: a rerun may change them in a workdir (config.json keeps the first values).
+_RESULT_NEUTRAL_FIELDS = ("title", "sampler.reward_workers")
+
+
 def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
   """A rerun resumes only the same experiment: a different config in the same workdir would mix results."""
   path = workdir / "config.json"
   if path.exists():
-    saved, current = _flat(json.loads(path.read_text())), _flat(json.loads(config.to_json()))
-    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    try:
+      saved = _flat(json.loads(path.read_text()))
+    except json.JSONDecodeError as error:
+      raise errors.UserError(f"{path}: not valid JSON ({error.msg}, line {error.lineno}); it records the config of "
+                             "the run in this workdir: restore it, or use a new --workdir") from None
+    current = _flat(json.loads(config.to_json()))
+    diff = sorted(k for k in set(saved) | set(current)
+                  if saved.get(k) != current.get(k) and k not in _RESULT_NEUTRAL_FIELDS)
     if diff:
-      raise ValueError(f"{path}: the workdir holds a run with a different config (fields {', '.join(diff[:5])}); "
-                       "use a new --workdir")
+      shown = ", ".join(f"{k} ({saved.get(k, '(none)')!r} there, {current.get(k, '(none)')!r} now)" for k in diff[:3])
+      more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+      raise errors.UserError(f"{path}: the workdir holds a run with a different config (fields {shown}{more}); rerun "
+                             "with its config to resume it, or give a new --workdir for this one")
+
+
+def _check_writable(workdir: pathlib.Path) -> None:
+  """Fails now, not after the first stage, when the workdir cannot be written."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".rest_jax_write_check_"):
+      pass
+  except OSError as error:
+    raise errors.UserError(f"workdir {workdir} is not writable ({error.strerror}); fix its permissions or give "
+                           "another --workdir") from None
 
 
 def _write_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
@@ -146,10 +173,20 @@ class Experiment:
   @classmethod
   def create(cls, config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> "Experiment":
     workdir = pathlib.Path(workdir)
+    config_check.validate(config)
+    if distributed.is_primary():
+      _check_writable(workdir)
     distributed.check_shared_directory(workdir)
     _check_workdir_config(workdir, config)
     task = tasks_lib.from_config(config.task)
+    missing = [s for s in config.eval.splits if s not in task.splits]
+    if missing:
+      raise errors.UsageError(f"config eval.splits={tuple(config.eval.splits)!r}: task {config.task.name!r} has no "
+                              f"split {missing[0]!r}; its splits: {', '.join(sorted(task.splits))}")
     mesh = sharding.make_mesh(**config.mesh.to_dict())
+    if config.train.batch_rows % sharding.batch_divisor(mesh):
+      raise errors.UsageError(f"config train.batch_rows={config.train.batch_rows}: must be a multiple of the mesh's "
+                              f"data x fsdp = {sharding.batch_divisor(mesh)}")
     cfg, base_params, tokenizer, end_ids = _load_base(config, mesh)
     if config.base.get("chat", False):
       task, tokenizer = _chat_formatted(task, tokenizer)
@@ -223,7 +260,9 @@ class Experiment:
     path = self.workdir / "samples" / method / f"iteration_{iteration}.jsonl.gz"
     distributed.barrier(f"rest_jax estep {method} it{iteration}")
     if path.exists():
-      return selection.read_jsonl(path)
+      samples = self._read_samples(path)
+      if samples is not None:
+        return samples
     c = self.config.rest
     t0 = time.time()
     problems = list(self.task.split("train"))
@@ -248,12 +287,30 @@ class Experiment:
                                                                                    "solve_rate")})
     return samples
 
+  def _read_samples(self, path: pathlib.Path) -> list[selection.Sample] | None:
+    """The samples at `path`; None when the file is damaged (truncated, bad bytes), which is then set aside."""
+    try:
+      return selection.read_jsonl(path)
+    except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError, ValueError) as error:
+      problem = " ".join(str(error).split())[:200]
+    distributed.barrier(f"rest_jax damaged samples: {path}")
+    if distributed.is_primary():
+      moved = checkpoints.set_aside(path)
+      logging.warning("samples %s do not read back (%s); moved them to %s and sampling again", path, problem,
+                      moved.name)
+    distributed.barrier(f"rest_jax damaged samples set aside: {path}")
+    return None
+
+  def _restored(self, method: str, iteration: int) -> Any | None:
+    """The parameters of (method, iteration)'s checkpoint; None if there is none or it was damaged (set aside)."""
+    restored = self.store.restore(method, iteration, shardings=sharding.param_shardings(self.cfg, self.mesh))
+    return None if restored is None else restored[0]
+
   def mstep(self, init_params: Any, prompts, completions, weights, method: str, iteration: int) -> Any:
     """Fine-tunes `init_params` on the examples; cached as the iteration's checkpoint."""
-    shardings = sharding.param_shardings(self.cfg, self.mesh)
     distributed.barrier(f"rest_jax mstep {method} it{iteration}")
-    if self.store.exists(method, iteration):
-      return self.store.load(method, iteration, shardings=shardings)[0]
+    if (restored := self._restored(method, iteration)) is not None:
+      return restored
     t0 = time.time()
     train_config = TrainConfig(**{**self.config.train.to_dict(), "seed": _seed(self.config, method, iteration, "m")})
     examples = make_examples(self.sampler.tokenizer, prompts, completions, weights)
@@ -278,7 +335,7 @@ class Experiment:
     reporting.log_stage(method, iteration, "mstep", wall, **counters)
     return result.params
 
-  # --- Methods ------------------------------------------------------------------------------------------------
+  # --- Methods (each registered in ALGORITHMS below, or the SFT baseline) ----------------------------------------
 
   def human_data(self) -> tuple[list[str], list[str]]:
     human = list(self.task.split("human"))
@@ -326,8 +383,8 @@ class Experiment:
     human_prompts, human_solutions = self.human_data() if c.mix_human else ([], [])
     for it in range(1, c.num_iterations + 1):
       samples = self.estep(policy, method, it)
-      if self.store.exists(method, it):
-        policy = self.store.load(method, it, shardings=sharding.param_shardings(self.cfg, self.mesh))[0]
+      if (restored := self._restored(method, it)) is not None:
+        policy = restored
       else:
         for step, threshold in enumerate(c.improve_thresholds):
           chosen = [s for s in samples if s.kept and s.reward > threshold]
@@ -347,10 +404,15 @@ class Experiment:
                                   config_summary=summary)
 
 
+# The EM algorithms `rest.algorithm` names: name -> the Experiment method that runs it.
+ALGORITHMS: dict[str, Any] = {"rest_em": Experiment.rest_em, "rest": Experiment.rest}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict[str, Any]]:
-  """Runs (or resumes) the experiment described by `config`; returns its evaluation records."""
-  if config.rest.algorithm not in ("rest_em", "rest"):
-    raise ValueError(f"rest.algorithm must be 'rest_em' or 'rest', got {config.rest.algorithm!r}")
+  """Runs (or resumes) the experiment described by `config`; returns its evaluation records.
+
+  The config is checked whole (`config_check`) before anything runs or is written.
+  """
   exp = Experiment.create(config, workdir)
   logging.info("rest_jax: %s on %s, mesh %s, %d devices in %d processes; workdir %s", config.rest.algorithm,
                config.task.name, dict(exp.mesh.shape), jax.device_count(), jax.process_count(), workdir)
@@ -360,7 +422,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
   try:
     if config.rest.sft_human_baseline:
       exp.sft_human()
-    getattr(exp, config.rest.algorithm)()
+    ALGORITHMS[config.rest.algorithm](exp)
     path = exp.report()
     logging.info("rest_jax: report at %s", path)
     return exp.log.evals()

@@ -8,12 +8,20 @@ distributed runtime first; the workdir must be shared by all of them:
 
   python -m rest_jax.main --config=configs/default.py --workdir=/mnt/shared/run --distributed
   python -m rest_jax.main ... --distributed --coordinator_address=10.0.0.2:8476 --num_processes=2 --process_id=0
+
+Errors end in one line on stderr naming the file, field or value (exit 2 for bad flags or config, 1 otherwise); the
+traceback goes to WORKDIR/error.log, and to stderr with --verbose.
 """
 
+import sys
+
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from rest_jax import config_files
 from rest_jax import distributed
+from rest_jax import errors
 from rest_jax import experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file[:mode].", lock_config=True)
@@ -26,6 +34,24 @@ _COORDINATOR_ADDRESS = flags.DEFINE_string("coordinator_address", None, "With --
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this process's index, 0 to "
                                    "num_processes - 1.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, print the whole traceback, not only its one line.")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a bad flag, config file, mode or override reported in one line (exit 2)."""
+  try:
+    remaining = flags.FLAGS(argv)
+    if not isinstance(_CONFIG.value, ml_collections.ConfigDict):  # A config file that failed to load.
+      raise errors.UsageError(f"--config: the config file did not load: {_CONFIG.value}")
+    return remaining
+  except Exception as error:  # pylint: disable=broad-except  (config_flags raises whatever the config file raises)
+    try:
+      config_files.check_command_line(argv)
+      explained = errors.UsageError(" ".join(str(error).split()))
+    except errors.UsageError as found:
+      explained = found
+    explained.__cause__ = error
+    sys.exit(errors.report(explained, workdir=None, verbose="--verbose" in argv))
 
 
 def main(argv):
@@ -37,11 +63,15 @@ def main(argv):
   if given and not _DISTRIBUTED.value:
     raise app.UsageError(f"--{given[0]} needs --distributed")
   logging.set_verbosity(logging.INFO)
-  if _DISTRIBUTED.value:
-    distributed.initialize(**cluster)
-  experiment.run(_CONFIG.value, _WORKDIR.value)
+
+  def run():
+    if _DISTRIBUTED.value:
+      distributed.initialize(**cluster)
+    experiment.run(_CONFIG.value, _WORKDIR.value)
+
+  return errors.run_reported(run, workdir=_WORKDIR.value, verbose=_VERBOSE.value)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -141,3 +141,31 @@ def test_errors(tmp_path):
     store.path("a/b", 0)
   with pytest.raises(ValueError, match=r"metadata\['iteration'\]=3 contradicts iteration=4"):
     store.save("sft", 4, {"w": jnp.zeros(1)}, {"iteration": 3})
+
+
+def test_restore_sets_a_damaged_checkpoint_aside_and_never_overwrites_an_earlier_damaged_copy(tmp_path, monkeypatch):
+  store = checkpoints.IterationCheckpoints(tmp_path)
+  params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+  assert store.restore("m", 1) is None  # Nothing there: nothing to set aside.
+  store.save("m", 1, params, {"x": 1})
+  restored, metadata = store.restore("m", 1)
+  np.testing.assert_array_equal(restored["w"], params["w"])
+  assert metadata["x"] == 1
+
+  class _Frozen(checkpoints.datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+      return cls(2026, 1, 2, 3, 4, 5, tzinfo=tz)
+
+  monkeypatch.setattr(checkpoints.datetime, "datetime", _Frozen)
+  for round_ in range(2):  # The same second twice: the second copy gets its own name.
+    if round_:
+      store.save("m", 1, params, {"x": 1})
+    (store.path("m", 1) / "metadata" / "metadata").write_bytes(b"")
+    assert store.restore("m", 1) is None
+    assert not store.path("m", 1).exists()
+  assert sorted(p.name for p in tmp_path.joinpath("m").iterdir()) == [
+      "iteration_1.damaged-20260102T030405", "iteration_1.damaged-20260102T030405-1"]
+  assert store.latest("m") is None
+  store.save("m", 1, params, {"x": 2})  # The name is free again: no 'pass overwrite=True'.
+  assert store.restore("m", 1)[1]["x"] == 2

@@ -373,8 +373,8 @@ def test_different_config_in_an_existing_workdir_fails_and_writes_nothing(runs):
                           text=True, timeout=_RUN_TIMEOUT_S)
   assert result.returncode != 0
   error = result.stderr.strip().splitlines()[-1]
-  assert error.startswith("ValueError: ") and str(runs.full / "config.json") in error, error
-  assert "rest.cap" in error, error
+  assert error.startswith(f"error: {runs.full / 'config.json'}: ") and "new --workdir" in error, error
+  assert f"rest.cap ({_CAP} there, 3 now)" in error, error
   assert _tree(runs.full) == before
 
 
@@ -408,3 +408,55 @@ def test_cli_rejects_unknown_fields_bad_values_and_stray_arguments(parse_flags, 
   parse_flags(f"--config={_SMOKE}", f"--workdir={tmp_path}")
   with pytest.raises(app.UsageError, match="extra"):
     main.main(["rest_jax.main", "extra"])
+
+
+@pytest.mark.parametrize("args, line", [
+    (("--config.rest.samples_per_probem=1",),
+     "error: --config.rest.samples_per_probem: configs/default.py has no field 'rest.samples_per_probem'; did you mean "
+     "--config.rest.samples_per_problem?"),
+    (("--config.rest.cap=many",), "error: flag --config.rest.cap=many: invalid literal for int() with base 10: 'many'"),
+])
+def test_a_bad_override_is_one_line_and_exit_2(parse_flags, monkeypatch, capsys, tmp_path, args, line):
+  argv = ["rest_jax.main", f"--config={_SMOKE}", f"--workdir={tmp_path / 'run'}", *args]
+  parse_flags(f"--config={_SMOKE}", f"--workdir={tmp_path}")  # From the repo root, with the fixture's clean-up.
+  monkeypatch.setattr(sys, "argv", argv)
+  flags.FLAGS.unparse_flags()
+  with pytest.raises(SystemExit) as exit_:
+    main.parse_flags(argv)
+  assert exit_.value.code == 2
+  assert capsys.readouterr().err == line + "\n"
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("source, config_arg, line", [
+    (None, "{dir}/missing.py", "error: --config={dir}/missing.py: config file {dir}/missing.py does not exist"),
+    ("def get_config(:\n  pass\n", "{dir}/broken.py", "error: {dir}/broken.py:1: syntax error in the config file: "),
+    ("def get_config(arg=None):\n  return dict()['rest']\n", "{dir}/raises.py",
+     "error: {dir}/raises.py: get_config('') failed: KeyError: 'rest'"),
+    (None, "configs/default.py:nosuchmode", "error: configs/default.py: unknown mode 'nosuchmode'; use one of '' "
+                                            "(full), 'smoke', 'rest', 'scalar'"),
+])
+def test_a_bad_config_file_or_mode_is_one_line_naming_it(parse_flags, monkeypatch, capsys, tmp_path, source,
+                                                         config_arg, line):
+  config_arg, line = config_arg.format(dir=tmp_path), line.format(dir=tmp_path)
+  if source is not None:
+    pathlib.Path(config_arg).write_text(source)
+  argv = ["rest_jax.main", f"--config={config_arg}", f"--workdir={tmp_path / 'run'}"]
+  parse_flags(f"--config={_SMOKE}", f"--workdir={tmp_path}")
+  monkeypatch.setattr(sys, "argv", argv)
+  flags.FLAGS.unparse_flags()
+  with pytest.raises(SystemExit) as exit_:
+    main.parse_flags(argv)
+  assert exit_.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith(line) and err.count("\n") == 1, err
+
+
+def test_a_bad_config_value_exits_2_in_one_line_before_the_workdir_exists(tmp_path):
+  workdir = tmp_path / "run"
+  result = subprocess.run(_command(workdir, "--config.rest.cap=-1"), cwd=_REPO, env=_env(), capture_output=True,
+                          text=True, timeout=_RUN_TIMEOUT_S)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1] == "error: config rest.cap=-1: must be >= 1", result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert not workdir.exists()

@@ -8,6 +8,7 @@ Shape letters: A micro-batches (gradient accumulation), B rows, T tokens.
 import dataclasses
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -20,11 +21,15 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rest_jax import distributed
+from rest_jax import errors
 from rest_jax import reporting
 from rest_jax.model import sharding
 from rest_jax.model.transformer import ModelConfig
 from rest_jax.training import batching
 from rest_jax.training import loss as loss_lib
+
+
+LR_SCHEDULES = ("cosine", "linear", "constant")  # What follows the warmup (`learning_rate`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +58,7 @@ class TrainConfig:
   seed: int = 0
 
   def __post_init__(self):
-    if self.lr_schedule not in ("cosine", "linear", "constant"):
+    if self.lr_schedule not in LR_SCHEDULES:
       raise ValueError(f"train.lr_schedule must be cosine, linear or constant, got {self.lr_schedule!r}")
     for name in ("seq_len", "batch_rows", "micro_batches", "eval_every"):
       if getattr(self, name) < 1:
@@ -208,6 +213,10 @@ class FinetuneResult:
   history: list[dict[str, float]]  # One entry per evaluation: step, loss, val.
 
 
+# A mean loss this many times the first step's at an evaluation is reported as diverging.
+_LOSS_GROWTH_WARNING = 10.0
+
+
 def _batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp"), None))
 
@@ -232,6 +241,7 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
   history: list[dict[str, float]] = []
   evals_without_gain, tokens, step = 0, 0, 0
   recent_loss: list[float] = []
+  first_loss, warned_growth = None, False
   t0 = time.time()
 
   def evaluate():
@@ -239,6 +249,14 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
     val = None if val_fn is None else float(val_fn(state.params))
     history.append({"step": step, "loss": float(np.mean(recent_loss)) if recent_loss else float("nan"),
                     "val": float("nan") if val is None else val})
+    nonlocal warned_growth
+    mean_loss = history[-1]["loss"]
+    # A finite loss far above where it started is diverging too; the best step on val still guards the result.
+    if first_loss and mean_loss > _LOSS_GROWTH_WARNING * first_loss and not warned_growth:
+      warned_growth = True
+      logging.warning("%s: the loss grew from %.3g to %.3g by step %d (train.learning_rate=%g): training is "
+                      "diverging; a lower learning rate is likely better", desc, first_loss, mean_loss, step,
+                      config.learning_rate)
     if val is None:
       return False
     if best_val is None or val > best_val:
@@ -259,7 +277,15 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
         step += 1
         metrics = distributed.global_to_host(metrics)
         tokens += int(metrics["tokens"])
-        recent_loss = (recent_loss + [float(metrics["loss"])])[-config.eval_every:]
+        loss = float(metrics["loss"])
+        if not math.isfinite(loss):  # On the host already: the metrics were fetched for the progress bar.
+          lr = float(learning_rate(config, step - 1, total_steps))
+          raise errors.DivergedError(
+              f"{desc}: the loss is {loss} at step {step} of {total_steps} (learning rate {lr:.3g} of "
+              f"train.learning_rate={config.learning_rate:g}); lower --config.train.learning_rate in a new --workdir "
+              "(the finished stages' checkpoints are kept)")
+        first_loss = loss if first_loss is None else first_loss
+        recent_loss = (recent_loss + [loss])[-config.eval_every:]
         bar.update(1)
         bar.set_postfix(loss=f"{recent_loss[-1]:.3f}", best=f"{best_val:.3f}" if best_val is not None else "-")
         if step % config.eval_every == 0 or step == total_steps:

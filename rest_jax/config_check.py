@@ -18,6 +18,7 @@ import ml_collections
 from rest_jax import errors
 from rest_jax import rewards
 from rest_jax import tasks
+from rest_jax.model import transformer
 from rest_jax.tasks import registry as task_registry
 from rest_jax.training import finetune
 from rest_jax.training import loss as loss_lib
@@ -141,6 +142,8 @@ RULES: dict[str, Rule] = {
     "train.patience": _count(0),  # 0: never stop early.
     "train.loss": Rule((str,), choices=lambda: sorted(loss_lib.LOSSES)),
     "train.seed": _INT,
+    "train.loss_chunk_size": _count(0),  # 0: the plain loss.
+    "train.remat": Rule((str,), choices=lambda: ["none", *sorted(transformer.REMAT_POLICIES)]),
     "eval.splits": Rule((str,), each=True, nonempty=True),
     "eval.train_subset": _count(),
     "eval.sampled_splits": Rule((str,), each=True),
@@ -149,6 +152,10 @@ RULES: dict[str, Rule] = {
     "eval.temperature": Rule(_NUMBER, low=0, open_low=True),
     "eval.top_p": _PROBABILITY,
     "eval.val_size": _count(),
+    "report.wandb": _BOOL,
+    "report.wandb_project": _STR,
+    "report.wandb_entity": _STR,
+    "report.wandb_mode": Rule((str,), choices=lambda: ("offline", "online", "disabled")),
 }
 _FREE_PREFIXES = ("pretrain.",)  # Not read by a run.
 _TASK_KWARGS, _TASK_TRANSFER = "task.kwargs.", "task.transfer."

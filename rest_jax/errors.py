@@ -81,7 +81,8 @@ def report(error: BaseException, *, workdir: str | os.PathLike[str] | None, verb
   stream = stream or sys.stderr
   if verbose:
     traceback.print_exception(error, file=stream)
-  log = _write_log(pathlib.Path(workdir) if workdir else None, error)
+  # A UserError's line says all there is to say, and a refused rerun must leave the workdir as it was.
+  log = None if isinstance(error, UserError) else _write_log(pathlib.Path(workdir) if workdir else None, error)
   line = one_line(error)
   if not isinstance(error, (UserError, OSError)) and not verbose:
     line += " (an unexpected error: " + (f"the traceback is in {log}" if log else "rerun with --verbose for the "

@@ -57,8 +57,13 @@ def _asset(name: str) -> str:
   return str(pathlib.Path(__file__).parent / "assets" / name)
 
 
-# Fields that cannot change a result: a rerun may change them in a workdir (config.json keeps the first values).
-_RESULT_NEUTRAL_FIELDS = ("title", "sampler.reward_workers")
+# Fields that cannot change a result: a rerun may change them in a workdir (config.json keeps the first values). A
+# name ending in "." stands for the whole block (where the report goes), which a workdir from before it also lacks.
+_RESULT_NEUTRAL_FIELDS = ("title", "sampler.reward_workers", "report.")
+
+
+def _result_neutral(field: str) -> bool:
+  return any(field == name or name.endswith(".") and field.startswith(name) for name in _RESULT_NEUTRAL_FIELDS)
 
 
 def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
@@ -72,7 +77,7 @@ def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDi
                              "the run in this workdir: restore it, or use a new --workdir") from None
     current = _flat(json.loads(config.to_json()))
     diff = sorted(k for k in set(saved) | set(current)
-                  if saved.get(k) != current.get(k) and k not in _RESULT_NEUTRAL_FIELDS)
+                  if saved.get(k) != current.get(k) and not _result_neutral(k))
     if diff:
       shown = ", ".join(f"{k} ({saved.get(k, '(none)')!r} there, {current.get(k, '(none)')!r} now)" for k in diff[:3])
       more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""

@@ -19,9 +19,10 @@ def _raised(error: BaseException) -> BaseException:
     return caught
 
 
-def test_a_usage_error_is_its_message_and_exit_2():
-  code, out = _report(errors.UsageError("config rest.cap=-1: must be >= 1"))
+def test_a_usage_error_is_its_message_and_exit_2(tmp_path):
+  code, out = _report(errors.UsageError("config rest.cap=-1: must be >= 1"), workdir=tmp_path)
   assert (code, out) == (2, "error: config rest.cap=-1: must be >= 1\n")
+  assert not list(tmp_path.iterdir())  # Nothing written in the workdir: the line is the whole story.
 
 
 def test_an_unexpected_error_is_one_line_with_the_log_that_holds_its_traceback(tmp_path):

@@ -166,6 +166,16 @@ def test_a_changed_title_resumes_and_a_changed_result_field_is_refused_in_one_li
   assert (tmp_path / "config.json").read_bytes() == before
 
 
+def test_a_workdir_from_before_the_report_block_resumes_and_report_fields_may_change(tmp_path):
+  experiment.Experiment.create(_config(), tmp_path).log.close()
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["report"]  # As config.json was written before configs had a report block.
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  experiment.Experiment.create(_config(**{"report.wandb_project": "elsewhere"}), tmp_path).log.close()
+  with pytest.raises(errors.UserError, match=r"fields train\.remat \('none' there, 'full' now\)"):
+    experiment.Experiment.create(_config(**{"train.remat": "full"}), tmp_path)
+
+
 def test_a_workdir_that_cannot_be_written_is_named_at_the_start(tmp_path, monkeypatch):
   def refuse(*args, **kwargs):
     raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "run" / ".rest_jax_write_check_x"))

@@ -10,7 +10,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["rest_jax", "rest_jax.*"]),
-    package_data={"rest_jax": ["assets/*.model", "assets/arithmetic_base/**/*"]},
+    # Every file below assets/ (tokenizers, shipped base models): a new asset directory needs no edit here.
+    package_data={"rest_jax": ["assets/**/*"]},
     include_package_data=True,
     # Bounds: the versions this release was tested with (2026-11).
     install_requires=[

@@ -538,10 +538,10 @@ def test_wandb_not_installed_says_how_to_install(tmp_path, monkeypatch):
 
 
 def _wandb_history(path):
-  """The logged dicts of an offline run file (run-*.wandb: LevelDB-log framing of wandb Record protos)."""
+  """(logged dicts, every record's type) of an offline run file (run-*.wandb: LevelDB-log framing of Record protos)."""
   from wandb.proto import wandb_internal_pb2  # pylint: disable=g-import-not-at-top
 
-  data, history = path.read_bytes(), []
+  data, history, record_types = path.read_bytes(), [], []
   assert data.startswith(b":W&B")
   offset, block, pending = 7, 32768, b""
   while offset + 7 <= len(data):
@@ -555,10 +555,11 @@ def _wandb_history(path):
       record = wandb_internal_pb2.Record()
       record.ParseFromString(pending)
       pending = b""
-      if record.WhichOneof("record_type") == "history":
+      record_types.append(record.WhichOneof("record_type"))
+      if record_types[-1] == "history":
         history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                         for item in record.history.item if not (item.key or item.nested_key[0]).startswith("_")})
-  return history
+  return history, record_types
 
 
 def test_wandb_offline_run_is_written_without_network(tmp_path, monkeypatch):
@@ -573,5 +574,8 @@ def test_wandb_offline_run_is_written_without_network(tmp_path, monkeypatch):
   with reporting.MetricsLog(workdir, wandb=reporting.WandbWriter(workdir, project="rest_jax_test")) as log:
     for record in [*evals[:3], *stages[:3]]:
       log.append_eval(record) if "split" in record else log.append_stage(record)
+  import wandb  # pylint: disable=g-import-not-at-top
+  wandb.teardown()  # Waits for W&B's service process to write out and exit (under load it can lag `finish`).
   (run_file,) = workdir.glob("wandb/offline-run-*/run-*.wandb")
-  assert _wandb_scalars(_wandb_history(run_file)) == pytest.approx(_flat_scalars(workdir / "tensorboard" / "rest_em"))
+  history, record_types = _wandb_history(run_file)
+  assert _wandb_scalars(history) == pytest.approx(_flat_scalars(workdir / "tensorboard" / "rest_em")), record_types

@@ -126,7 +126,10 @@ def _load_base(config: ml_collections.ConfigDict, mesh: Any
     from rest_jax import models  # pylint: disable=g-import-not-at-top  (pretrained-model readers load lazily)
 
     lm = models.load_pretrained(path, mesh=mesh, dtype=config.base.get("dtype", "float32"))
-    return lm.config, lm.params, lm.tokenizer, lm.eos_ids
+    if lm.tokenizer is None:
+      raise errors.UserError(f"base.checkpoint: {path} has no tokenizer files (tokenizer.json, "
+                             f"tokenizer_config.json), which an experiment needs to write prompts and read samples")
+    return lm.config, lm.params, lm.tokenizer, lm.require_eos_ids("an experiment")
   if not checkpoints.exists(path):
     raise ValueError(f"base.checkpoint: no checkpoint at {path}; give a rest_jax checkpoint (make one with "
                      f"`python -m rest_jax.tools.pretrain_base`), a Hugging Face directory or a .gguf file")

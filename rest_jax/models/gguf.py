@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rest_jax import distributed
+from rest_jax import errors
 from rest_jax.model import sharding
 from rest_jax.model.transformer import ModelConfig
 from rest_jax.models.gguf_tokenizer import GGUFTokenizer
@@ -28,6 +29,24 @@ SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
 # Vocabulary-sized arrays: the tokenizer consumes them; they are left out of the metadata `load_gguf` returns.
 _TOKENIZER_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
                      "tokenizer.ggml.scores")
+
+
+def open_reader(path: str) -> gguf.GGUFReader:
+  """The gguf package's reader of `path`, or a one-line error when the file is not GGUF or is cut short (the reader
+  itself fails with IndexError or a numpy reshape error from deep inside, wherever the cut falls)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"GGUF file not found: {path}")
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    magic = f.read(4)
+  if magic != b"GGUF":
+    raise errors.UserError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF'; {size:,} bytes)")
+  try:
+    reader = gguf.GGUFReader(path)
+  except (ValueError, IndexError, KeyError, OverflowError) as e:
+    raise errors.UserError(f"{path}: truncated or damaged GGUF file ({size:,} bytes; the gguf reader: "
+                           f"{' '.join(str(e).split())}); download or convert it again") from e
+  return reader
 
 
 def read_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
@@ -149,9 +168,7 @@ def load_gguf(path: str, *, mesh: Mesh | None = None, dtype: str = "float32"
   `dtype` is the params' and the compute dtype. `mesh` defaults to `sharding.make_mesh()` over all devices; params
   are placed with `sharding.param_shardings`.
   """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"GGUF file not found: {path}")
-  reader = gguf.GGUFReader(path)
+  reader = open_reader(path)
   metadata = read_metadata(reader)
   tensors = {t.name: t for t in reader.tensors}
   shapes = {name: tuple(int(n) for n in reversed(t.shape)) for name, t in tensors.items()}

@@ -26,6 +26,7 @@ import safetensors.numpy
 from jax.sharding import Mesh
 
 from rest_jax import distributed
+from rest_jax import errors
 from rest_jax.model import sharding
 from rest_jax.model.transformer import ModelConfig, Transformer
 from rest_jax.models import hf_tokenizer
@@ -230,19 +231,38 @@ def _to_hf(w: np.ndarray, kind: str) -> np.ndarray:
   return w
 
 
+def _safe_open(path: str):
+  """safetensors' reader of `path`; a one-line error naming the file when it is cut short or not safetensors."""
+  try:
+    return safetensors.safe_open(path, framework="flax")  # "flax": numpy cannot represent bfloat16.
+  except safetensors.SafetensorError as e:
+    raise errors.UserError(f"{path}: truncated or damaged safetensors file ({os.path.getsize(path):,} bytes; "
+                           f"{' '.join(str(e).split())}); download or export it again") from e
+
+
 def _weight_files(directory: str) -> dict[str, str]:
   """Weight name -> the safetensors file holding it."""
   index = os.path.join(directory, _INDEX_FILE)
   if os.path.isfile(index):
-    with open(index) as f:
-      weight_map = json.load(f)["weight_map"]
-    return {name: os.path.join(directory, file) for name, file in weight_map.items()}
+    try:
+      with open(index) as f:
+        weight_map = json.load(f)["weight_map"]
+      located = {name: os.path.join(directory, file) for name, file in weight_map.items()}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+      raise errors.UserError(f"{index}: not a safetensors index (a JSON object with a \"weight_map\" of weight "
+                             f"name -> shard file): {type(e).__name__}: {e}") from e
+    for file in sorted(set(located.values())):
+      if not os.path.isfile(file):
+        names = sorted(name for name, f in located.items() if f == file)
+        raise errors.UserError(f"{index} names shard {os.path.basename(file)} (for {len(names)} weights, e.g. "
+                               f"{names[0]}), which is not in {directory}; copy the whole checkpoint again")
+    return located
   files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
   if not files:
     raise ValueError(f"{directory} has no *.safetensors weights (nor {_INDEX_FILE})")
   located = {}
   for file in files:
-    with safetensors.safe_open(os.path.join(directory, file), framework="flax") as f:
+    with _safe_open(os.path.join(directory, file)) as f:
       located.update({name: os.path.join(directory, file) for name in f.keys()})
   return located
 
@@ -274,7 +294,7 @@ def load_params(directory: str, cfg: ModelConfig, shardings: Any) -> dict[str, A
   for name in names:
     by_file.setdefault(located[name], []).append(name)
   for file, file_names in sorted(by_file.items()):
-    with safetensors.safe_open(file, framework="flax") as f:  # "flax": numpy cannot represent bfloat16.
+    with _safe_open(file) as f:
       for name in file_names:
         path, kind = names[name]
         stored, expected = tuple(f.get_slice(name).get_shape()), _hf_shape(_get(shapes, path), kind)
@@ -377,11 +397,12 @@ def with_params(directory: str, cfg: ModelConfig, params: Any, mesh: Mesh) -> LM
     for eos in value if isinstance(value, list) else [value]:
       if eos is not None and eos not in eos_ids:
         eos_ids.append(int(eos))
-  if not eos_ids:
-    raise ValueError(f"{directory}: no end-of-sequence id (tokenizer files, config.json or generation_config.json)")
+  # No end id at all is fine for logits; generation and experiments ask for one (`LM.require_eos_ids`).
   pad_id = tokenizer.pad_id if tokenizer is not None else hf.get("pad_token_id")
+  if pad_id is None:
+    pad_id = eos_ids[0] if eos_ids else 0
   return LM(config=cfg, params=params, tokenizer=tokenizer, mesh=mesh, model_type=hf["model_type"],
-            eos_ids=tuple(eos_ids), pad_id=eos_ids[0] if pad_id is None else int(pad_id), hf_config=hf)
+            eos_ids=tuple(eos_ids), pad_id=int(pad_id), hf_config=hf, source=directory)
 
 
 def save(lm: LM, directory: str, *, max_shard_bytes: int = 5 * 2**30) -> list[str]:

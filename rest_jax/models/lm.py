@@ -9,6 +9,7 @@ Shape letters: B rows, T tokens, V vocabulary, P prompts, L prompt bucket, N new
 
 import dataclasses
 import functools
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from rest_jax import errors
 from rest_jax import tokenizers
 from rest_jax.model import sharding
 from rest_jax.model.transformer import ModelConfig, Transformer, causal_mask
@@ -35,13 +37,22 @@ class LM:
   tokenizer: Tokenizer | None
   mesh: Mesh
   model_type: str  # Hugging Face architecture name, e.g. "llama"; export writes it.
-  eos_ids: tuple[int, ...]  # Generation ends at any of these (instruct models have several, e.g. Llama 3).
+  # Generation ends at any of these (instruct models have several, e.g. Llama 3). Empty for a checkpoint that names
+  # none (no tokenizer files, no eos_token_id): its logits work, generation asks for one (`require_eos_ids`).
+  eos_ids: tuple[int, ...]
   pad_id: int
   hf_config: dict[str, Any] | None = None  # The source config.json, written back on export.
+  source: str | None = None  # The directory or file it was loaded from, named in errors.
 
-  def __post_init__(self):
-    if not self.eos_ids:
-      raise ValueError("LM.eos_ids must name at least one end-of-sequence id")
+  def require_eos_ids(self, needed_for: str = "generation") -> tuple[int, ...]:
+    """`eos_ids`, or a one-line error saying where to add one when the checkpoint names none."""
+    if self.eos_ids:
+      return self.eos_ids
+    where = self.source or "the checkpoint"
+    raise errors.UserError(
+        f"{where}: no end-of-sequence id, which {needed_for} needs: add \"eos_token_id\" to "
+        f"{os.path.join(where, 'config.json') if self.source else 'its config.json'} (or generation_config.json), "
+        f"or the tokenizer files (tokenizer.json, tokenizer_config.json)")
 
   def logits(self, token_ids_BxT: Any) -> jax.Array:
     """float32 logits_BxTxV of whole sequences (causal attention, positions from 0, no padding)."""
@@ -68,7 +79,7 @@ class LM:
     # One call for all prompts of a bucket, as a notebook user expects of a single generate().
     gen = sampler.Sampler(self.config, None, self.mesh,
                           sampler.SamplerConfig(batch_rows=len(prompt_ids), prompt_buckets=tuple(buckets)),
-                          end_ids=self.eos_ids, pad_id=self.pad_id)
+                          end_ids=self.require_eos_ids(), pad_id=self.pad_id)
     out: list[list[int]] = [[] for _ in prompt_ids]
     for idx, rows in gen.iter_sample_ids(self.params, prompt_ids, num_samples=1,
                                          strategy=strategies.make(temperature, top_k, top_p),

@@ -82,13 +82,12 @@ def _load_params(checkpoint: str, cfg: ModelConfig) -> tuple[Any, Mesh]:
 
 def _read_gguf_base(path: str, cfg: ModelConfig, checkpoint: str) -> tuple[dict[str, Any], Any]:
   """(metadata, tokenizer) of the GGUF file at `path`; raises ValueError unless it describes `cfg` (dtypes aside)."""
-  import gguf  # pylint: disable=g-import-not-at-top  (optional dependencies: only GGUF bases need them)
   from rest_jax.models import gguf as gguf_loader  # pylint: disable=g-import-not-at-top
   from rest_jax.models.gguf_tokenizer import GGUFTokenizer  # pylint: disable=g-import-not-at-top
 
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--base={path}: no such GGUF file")
-  reader = gguf.GGUFReader(path)
+  reader = gguf_loader.open_reader(path)
   metadata = gguf_loader.read_metadata(reader)
   shapes = {t.name: tuple(int(n) for n in reversed(t.shape)) for t in reader.tensors}
   base_cfg = gguf_loader.config_from_metadata(metadata, shapes, dtype=cfg.dtype)

@@ -12,6 +12,7 @@ import gguf
 import torch
 import transformers
 
+from rest_jax import errors
 from rest_jax.model import sharding
 from rest_jax.model.transformer import Transformer, causal_mask
 from rest_jax.models import gguf as gguf_loader
@@ -373,3 +374,25 @@ def test_smollm2_chat_template_matches_transformers(smollm2, reference):
                                                      add_generation_prompt=add_generation_prompt)
       assert tokenizer.apply_chat_template(messages, add_generation_prompt) == want
   assert tokenizer.apply_chat_template(MESSAGES).endswith("<|im_start|>assistant\n")
+
+
+def test_a_truncated_or_foreign_file_is_named_in_one_line(tmp_path):
+  whole = tmp_path / "whole.gguf"
+  _write_gguf(str(whole), {"token_embd.weight": (np.ones((64, 32), np.float32), None),
+                           "output_norm.weight": (np.ones(32, np.float32), None)})
+  data = whole.read_bytes()
+  assert len(gguf_loader.open_reader(str(whole)).tensors) == 2
+  # Cut inside the header, inside the tensor table, inside the tensor data, and one byte short.
+  for size in (4, 30, len(data) // 3, len(data) - 200, len(data) - 1):
+    cut = tmp_path / f"cut_{size}.gguf"
+    cut.write_bytes(data[:size])
+    for read in (gguf_loader.open_reader, gguf_loader.load_gguf):
+      with pytest.raises(errors.UserError, match=rf"^{cut}: truncated or damaged GGUF file \({size:,} bytes"):
+        read(str(cut))
+  foreign = tmp_path / "model.gguf"
+  foreign.write_bytes(b"PK\x03\x04" + data[4:])
+  with pytest.raises(errors.UserError, match=rf"^{foreign}: not a GGUF file \(it starts with b'PK"):
+    gguf_loader.load_gguf(str(foreign))
+  with pytest.raises(errors.UserError) as raised:
+    gguf_loader.load_gguf(str(tmp_path / f"cut_{len(data) // 3}.gguf"))
+  assert "\n" not in errors.one_line(raised.value)

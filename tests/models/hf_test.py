@@ -10,6 +10,7 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -20,6 +21,8 @@ from tokenizers import models as tok_models
 from tokenizers import pre_tokenizers
 
 from rest_jax import checkpoints
+from rest_jax import errors
+from rest_jax import experiment
 from rest_jax.model import sharding
 from rest_jax.models import hf, load_pretrained, save_pretrained
 from rest_jax.models.lm import LM
@@ -249,3 +252,46 @@ def test_bfloat16_weights_and_tensor_parallel_placement(tmp_path):
   # The reference reads the same bfloat16 weights into float32 (`model.to` would round its rotary table as well).
   reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", dtype=torch.float32).eval()
   assert_logits_match(lm.logits(tokens_BxT), torch_logits(reference, tokens_BxT), "qwen2 bf16 weights")
+
+
+def test_a_checkpoint_without_tokenizer_or_end_id_loads_and_asks_for_one_only_to_generate(tmp_path, mesh):
+  model = write_checkpoint(tmp_path, "llama")
+  for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+    (tmp_path / name).unlink(missing_ok=True)
+  config = json.loads((tmp_path / "config.json").read_text())
+  del config["eos_token_id"]
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  lm = load_pretrained(str(tmp_path), mesh=mesh)
+  assert lm.tokenizer is None and lm.eos_ids == () and lm.pad_id == PAD
+  tokens_BxT = random_tokens(5)
+  assert_logits_match(lm.logits(tokens_BxT), torch_logits(model, tokens_BxT), "llama without end id")
+  fix = rf"^{tmp_path}: no end-of-sequence id, which generation needs: add \"eos_token_id\" to {tmp_path}/config.json"
+  with pytest.raises(errors.UserError, match=fix):
+    lm.generate_ids([[5, 6, 7]], max_new_tokens=2)
+  run = ml_collections.ConfigDict({"base": {"checkpoint": str(tmp_path), "tokenizer": "", "dtype": "float32"},
+                                   "task": {"name": "arithmetic"}})
+  with pytest.raises(errors.UserError, match=rf"^base.checkpoint: {tmp_path} has no tokenizer files"):
+    experiment._load_base(run, mesh)  # pylint: disable=protected-access
+  write_checkpoint(tmp_path, "llama")  # Tokenizer files back; still no end id in any of them but the tokenizer's.
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  (tmp_path / "generation_config.json").unlink(missing_ok=True)
+  *_, eos_ids = experiment._load_base(run, mesh)  # pylint: disable=protected-access
+  assert eos_ids == (EOS,)  # The tokenizer's eos_token is enough.
+
+
+def test_an_index_naming_a_missing_shard_and_a_truncated_shard_are_named(tmp_path, mesh):
+  write_checkpoint(tmp_path, "qwen2", max_shard_size="20KB")
+  index = tmp_path / "model.safetensors.index.json"
+  shards = sorted(tmp_path.glob("model-*.safetensors"))
+  data = shards[1].read_bytes()
+  shards[1].unlink()
+  with pytest.raises(errors.UserError, match=rf"^{index} names shard {shards[1].name} \(for \d+ weights, e\.g\. "
+                                             rf"model\..*\), which is not in {tmp_path}; copy"):
+    load_pretrained(str(tmp_path), mesh=mesh)
+  shards[1].write_bytes(data[:len(data) // 2])
+  with pytest.raises(errors.UserError, match=rf"^{shards[1]}: truncated or damaged safetensors file "
+                                             rf"\({len(data) // 2:,} bytes; "):
+    load_pretrained(str(tmp_path), mesh=mesh)
+  index.write_text("{\"weight_map\": ")
+  with pytest.raises(errors.UserError, match=rf"^{index}: not a safetensors index"):
+    load_pretrained(str(tmp_path), mesh=mesh)

@@ -1,4 +1,5 @@
 """The decoder-only transformer and its sharding rules."""
 
 from rest_jax.model.sharding import make_mesh, use_mesh
-from rest_jax.model.transformer import Cache, ModelConfig, Transformer, causal_mask, init_cache, param_count
+from rest_jax.model.transformer import (Cache, ModelConfig, SampleKeys, Transformer, causal_mask, init_sampling_cache,
+                                        param_count)

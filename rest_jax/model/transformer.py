@@ -5,10 +5,15 @@ rotary embeddings, gated MLP (SwiGLU or GeGLU), grouped-query attention, optiona
 attention biases, soft-capping and sliding-window attention (on all or some layers), Gemma 2's post-attention and
 post-MLP norms, Llama 3.1 rotary frequency scaling, configurable head dim, and bfloat16 compute on float32 parameters.
 
+Two ways to call it: with a mask (training, `LM.logits`: packing and causality are the caller's `mask_BxTxS`), or
+with a sampling cache (`init_sampling_cache`, `SampleKeys`), where the keys and values of each prompt are held once
+for all of its samples and a decode step attends only to the generated slots it is told are filled.
+
 Shape letters:
-  B: batch             T: tokens in this call        S: key/value slots (cache length, or T without a cache)
+  B: batch             T: tokens in this call        S: key/value slots (generated slots attended, or T)
   D: model dimension   N: query heads   K: key/value heads   G: query heads per kv head (N // K)
-  H: head dimension    F: MLP hidden    V: vocabulary        L: layers
+  H: head dimension    F: MLP hidden    V: vocabulary        L: layers (or, in a sampling cache, prompt slots)
+  P: prompts           M: query rows of one prompt (its samples x T x G)
 """
 
 import dataclasses
@@ -16,11 +21,28 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Cache = list[dict[str, jax.Array]]  # One {"k": BxSxKxH, "v": BxSxKxH} per layer.
+# A sampling cache, one dict per layer: {"prefix_k", "prefix_v": PxKxLxH} the prompts' keys and values (written by
+# the prefill), {"k", "v": BxKxNxH} each sample's generated ones, B = P * n with the n samples of prompt p in rows
+# [p * n, (p + 1) * n). Slots are the second-to-last axis, so attention contracts each cache as it lies in memory.
+Cache = list[dict[str, jax.Array]]
+
+
+@flax.struct.dataclass
+class SampleKeys:
+  """The rotary positions of a sampling cache's keys, from which attention computes what each query sees.
+
+  A query at position q sees the keys at positions [0, q] (the last `sliding_window` of them on windowed layers).
+  Padding slots of a left-padded prompt have position -1; a generated slot's position is that of the token it will
+  hold, so slots not written yet lie past every current query and need no mask of their own.
+  """
+
+  prefix_pos_PxL: jax.Array  # int32.
+  gen_pos_BxN: jax.Array | None = None  # int32; None in the prefill, which writes the prompts' keys.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +204,8 @@ class Attention(nn.Module):
   layer: int
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: dict[str, jax.Array] | None, cache_index):
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: dict[str, jax.Array] | None, cache_index,
+               attend_len: int | None = None):
     cfg = self.cfg
     N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     q_BxTxNxH = Dense(cfg, (N, H), ("embed", "heads", "head_dim"), cfg.qkv_bias, name="q")(x_BxTxD)
@@ -191,35 +214,104 @@ class Attention(nn.Module):
     q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, cfg.rope_theta, cfg.rope_scaling)
     k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, cfg.rope_theta, cfg.rope_scaling)
 
-    new_cache = None
-    if cache is not None:
-      # Write this call's keys/values at slot `cache_index`; attend over the whole cache (the mask hides the rest).
-      k_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BxTxKxH.astype(cache["k"].dtype), cache_index, 1)
-      v_BxSxKxH = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BxTxKxH.astype(cache["v"].dtype), cache_index, 1)
-      cache_axes = ("batch", "cache_length", "act_kv_heads", "head_dim")
-      k_BxSxKxH = nn.with_logical_constraint(k_BxSxKxH, cache_axes)
-      v_BxSxKxH = nn.with_logical_constraint(v_BxSxKxH, cache_axes)
-      new_cache = {"k": k_BxSxKxH, "v": v_BxSxKxH}
-    else:
-      k_BxSxKxH, v_BxSxKxH = k_BxTxKxH, v_BxTxKxH
-
-    B, T = x_BxTxD.shape[:2]
-    q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
     scale = cfg.query_scale if cfg.query_scale is not None else H ** -0.5
-    logits_BxKxGxTxS = jnp.einsum(
-        "btkgh,bskh->bkgts", q_BxTxKxGxH * jnp.asarray(scale, q_BxTxKxGxH.dtype), k_BxSxKxH.astype(cfg.dtype),
-        preferred_element_type=jnp.float32)
-    if cfg.attn_logits_softcap is not None:
-      logits_BxKxGxTxS = jnp.tanh(logits_BxKxGxTxS / cfg.attn_logits_softcap) * cfg.attn_logits_softcap
-    if cfg.uses_window(self.layer):
-      mask_BxTxS = mask_BxTxS & _window_mask(mask_BxTxS, cfg.sliding_window)
-    logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS, jnp.finfo(jnp.float32).min)
-    probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(cfg.dtype)
-    out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH.astype(cfg.dtype))
-    out_BxTxNxH = nn.with_logical_constraint(
-        out_BxTxKxGxH.reshape(B, T, N, H), ("batch", "length", "act_heads", "head_dim"))
+    q_BxTxNxH = q_BxTxNxH * jnp.asarray(scale, q_BxTxNxH.dtype)
+    window = cfg.sliding_window if cfg.uses_window(self.layer) else None
+    if isinstance(mask_BxTxS, SampleKeys):
+      out_BxTxNxH, new_cache = _cached_attention(cfg, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT, mask_BxTxS,
+                                                 cache, cache_index, attend_len, window)
+    else:
+      if cache is not None:
+        raise ValueError("Attention: a cache needs SampleKeys in place of the mask")
+      out_BxTxNxH, new_cache = _masked_attention(cfg, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask_BxTxS, window), None
+    out_BxTxNxH = nn.with_logical_constraint(out_BxTxNxH, ("batch", "length", "act_heads", "head_dim"))
     out_BxTxD = Dense(cfg, (cfg.embed_dim,), ("heads", "head_dim", "embed"), name="o")(out_BxTxNxH)
     return out_BxTxD, new_cache
+
+
+def _softcapped(cfg: ModelConfig, logits: jax.Array) -> jax.Array:
+  if cfg.attn_logits_softcap is None:
+    return logits
+  return jnp.tanh(logits / cfg.attn_logits_softcap) * cfg.attn_logits_softcap
+
+
+def _masked_attention(cfg, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, window):
+  """Attention of every query over this call's keys, as `mask_BxTxS` allows (training: S == T)."""
+  B, T, N, H = q_BxTxNxH.shape
+  K = k_BxSxKxH.shape[2]
+  q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
+  logits_BxKxGxTxS = _softcapped(cfg, jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH.astype(cfg.dtype),
+                                                 preferred_element_type=jnp.float32))
+  if window is not None:
+    mask_BxTxS = mask_BxTxS & _window_mask(mask_BxTxS, window)
+  logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS, jnp.finfo(jnp.float32).min)
+  probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(cfg.dtype)
+  out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH.astype(cfg.dtype))
+  return out_BxTxKxGxH.reshape(B, T, N, H)
+
+
+def _visible(key_pos_BxS: jax.Array, query_pos_BxT: jax.Array, window: int | None) -> jax.Array:
+  """mask_BxTxS of a sampling cache: keys at positions [0, q] (within the window) for a query at position q."""
+  k_Bx1xS, q_BxTx1 = key_pos_BxS[:, None, :], query_pos_BxT[:, :, None]
+  visible_BxTxS = (k_Bx1xS >= 0) & (k_Bx1xS <= q_BxTx1)
+  if window is not None:
+    visible_BxTxS = visible_BxTxS & (q_BxTx1 - k_Bx1xS < window)
+  return visible_BxTxS
+
+
+def _cached_attention(cfg, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT, keys: SampleKeys, cache, cache_index,
+                      attend_len, window):
+  """Attention over a sampling cache (see `Cache`): the prompt's slots, read once for all its samples, and the first
+  `attend_len` generated slots of each sample (all N when None).
+
+  Prefill (`keys.gen_pos_BxN` None, B == P, T == L): this call's keys become the prompts' and are all that is
+  attended. A decode step writes its keys at generated slot `cache_index` first. The softmax runs over the prompt's
+  and the generated slots together, so the result equals attention over one concatenated cache.
+  """
+  B, T, N, H = q_BxTxNxH.shape
+  K = k_BxTxKxH.shape[2]
+  G = N // K
+  P, L = keys.prefix_pos_PxL.shape
+  n = B // P
+  constrain = lambda x: nn.with_logical_constraint(x, ("batch", "act_kv_heads", "cache_length", "head_dim"))
+  as_slots = lambda x_BxTxKxH, like: x_BxTxKxH.transpose(0, 2, 1, 3).astype(like.dtype)
+  new_cache = dict(cache)
+  if keys.gen_pos_BxN is None:
+    new_cache["prefix_k"] = prefix_k_PxKxLxH = constrain(as_slots(k_BxTxKxH, cache["prefix_k"]))
+    new_cache["prefix_v"] = prefix_v_PxKxLxH = constrain(as_slots(v_BxTxKxH, cache["prefix_v"]))
+  else:
+    prefix_k_PxKxLxH, prefix_v_PxKxLxH = cache["prefix_k"], cache["prefix_v"]
+    for name, x_BxTxKxH in (("k", k_BxTxKxH), ("v", v_BxTxKxH)):
+      new_cache[name] = constrain(jax.lax.dynamic_update_slice_in_dim(
+          cache[name], as_slots(x_BxTxKxH, cache[name]), cache_index, 2))
+
+  # The prompt's slots: its n samples' queries are the rows of one matmul per (prompt, kv head).
+  q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, G, H)
+  q_PxKxMxH = q_BxTxKxGxH.reshape(P, n, T, K, G, H).transpose(0, 3, 1, 2, 4, 5).reshape(P, K, n * T * G, H)
+  prefix_PxKxMxL = jnp.einsum("pkmh,pklh->pkml", q_PxKxMxH, prefix_k_PxKxLxH.astype(cfg.dtype),
+                              preferred_element_type=jnp.float32)
+  prefix_BxKxTxGxL = prefix_PxKxMxL.reshape(P, K, n, T, G, L).transpose(0, 2, 1, 3, 4, 5).reshape(B, K, T, G, L)
+  logits = [prefix_BxKxTxGxL]
+  masks = [_visible(jnp.repeat(keys.prefix_pos_PxL, n, axis=0), positions_BxT, window)]
+  if keys.gen_pos_BxN is not None:
+    S = attend_len or keys.gen_pos_BxN.shape[1]
+    gen_k_BxKxSxH, gen_v_BxKxSxH = new_cache["k"][:, :, :S], new_cache["v"][:, :, :S]
+    logits.append(jnp.einsum("btkgh,bksh->bktgs", q_BxTxKxGxH, gen_k_BxKxSxH.astype(cfg.dtype),
+                             preferred_element_type=jnp.float32))
+    masks.append(_visible(keys.gen_pos_BxN[:, :S], positions_BxT, window))
+  logits_BxKxTxGxX = _softcapped(cfg, jnp.concatenate(logits, axis=-1))  # X: the prompt's slots, then S.
+  mask_BxTxX = jnp.concatenate(masks, axis=-1)
+  logits_BxKxTxGxX = jnp.where(mask_BxTxX[:, None, :, None, :], logits_BxKxTxGxX, jnp.finfo(jnp.float32).min)
+  probs_BxKxTxGxX = jax.nn.softmax(logits_BxKxTxGxX, axis=-1).astype(cfg.dtype)
+
+  probs_PxKxMxL = probs_BxKxTxGxX[..., :L].reshape(P, n, K, T, G, L).transpose(0, 2, 1, 3, 4, 5).reshape(
+      P, K, n * T * G, L)
+  out_PxKxMxH = jnp.einsum("pkml,pklh->pkmh", probs_PxKxMxL, prefix_v_PxKxLxH.astype(cfg.dtype))
+  out_BxTxKxGxH = out_PxKxMxH.reshape(P, K, n, T, G, H).transpose(0, 2, 3, 1, 4, 5).reshape(B, T, K, G, H)
+  if keys.gen_pos_BxN is not None:
+    out_BxKxTxGxH = jnp.einsum("bktgs,bksh->bktgh", probs_BxKxTxGxX[..., L:], gen_v_BxKxSxH.astype(cfg.dtype))
+    out_BxTxKxGxH = out_BxTxKxGxH + out_BxKxTxGxH.transpose(0, 2, 1, 3, 4)
+  return out_BxTxKxGxH.reshape(B, T, N, H), new_cache
 
 
 def _window_mask(mask_BxTxS, window):
@@ -252,9 +344,9 @@ class Block(nn.Module):
   layer: int
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_index):
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_index, attend_len=None):
     attn_BxTxD, new_cache = Attention(self.cfg, self.layer, name="attn")(
-        RMSNorm(self.cfg, name="attn_norm")(x_BxTxD), positions_BxT, mask_BxTxS, cache, cache_index)
+        RMSNorm(self.cfg, name="attn_norm")(x_BxTxD), positions_BxT, mask_BxTxS, cache, cache_index, attend_len)
     if self.cfg.post_norms:
       attn_BxTxD = RMSNorm(self.cfg, name="post_attn_norm")(attn_BxTxD)
     x_BxTxD = x_BxTxD + attn_BxTxD
@@ -281,9 +373,11 @@ def check_remat(remat: str) -> None:
 class Transformer(nn.Module):
   """`apply(params, tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index) -> (logits_BxTxV, cache)`.
 
-  `mask_BxTxS[b, t, s]` says whether query t of row b may attend to key slot s (causality, padding and packing are
-  all expressed by the caller through it; see `causal_mask` and the sampler). Without a cache, S == T. With a cache,
-  this call's keys are written at slots [cache_index, cache_index + T) first.
+  Without a cache, `mask_BxTxS[b, t, s]` says whether query t of row b may attend to key s of the same call
+  (causality, padding and packing are all expressed by the caller through it; see `causal_mask`). With a sampling
+  cache (`init_sampling_cache`), the mask's place takes `SampleKeys`: the prefill (T == L, one row per prompt)
+  writes the prompts' keys; a decode step writes its keys at generated slot `cache_index` and attends to the prompt
+  and to the first `attend_len` generated slots (a static bound; all when None).
 
   `remat` (training only, without a cache) recomputes each block's activations in the backward pass instead of
   keeping them (`REMAT_POLICIES`); `hidden=True` returns the final-normed hidden states x_BxTxD instead of the logits,
@@ -295,7 +389,7 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: Cache | None = None, cache_index=0,
-               hidden: bool = False):
+               hidden: bool = False, attend_len: int | None = None):
     cfg = self.cfg
     check_remat(self.remat)
     block = Block
@@ -314,7 +408,8 @@ class Transformer(nn.Module):
     new_cache = [] if cache is not None else None
     for i in range(cfg.num_layers):
       x_BxTxD, layer_cache = block(cfg, i, name=f"layer_{i}")(
-          x_BxTxD, positions_BxT, mask_BxTxS, None if cache is None else cache[i], cache_index)
+          x_BxTxD, positions_BxT, mask_BxTxS, None if cache is None else cache[i], cache_index,
+          *(() if attend_len is None else (attend_len,)))
       if cache is not None:
         new_cache.append(layer_cache)
     x_BxTxD = RMSNorm(cfg, name="final_norm")(x_BxTxD)
@@ -356,10 +451,15 @@ def causal_mask(segment_ids_BxT: jax.Array) -> jax.Array:
   return (causal_TxT & same_BxTxT & (segment_ids_BxT[:, None, :] != 0)) | pad_self_BxTxT
 
 
-def init_cache(cfg: ModelConfig, batch: int, length: int, dtype: Any = None) -> Cache:
-  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+def init_sampling_cache(cfg: ModelConfig, prompts: int, prompt_len: int, rows: int, new_tokens: int,
+                        dtype: Any = None) -> Cache:
+  """An empty sampling cache (see `Cache`): `prompts` x `prompt_len` prompt slots, `rows` x `new_tokens` generated."""
   dtype = dtype or cfg.dtype
-  return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)]
+  K, H = cfg.num_kv_heads, cfg.head_dim
+  return [{"prefix_k": jnp.zeros((prompts, K, prompt_len, H), dtype),
+           "prefix_v": jnp.zeros((prompts, K, prompt_len, H), dtype),
+           "k": jnp.zeros((rows, K, new_tokens, H), dtype), "v": jnp.zeros((rows, K, new_tokens, H), dtype)}
+          for _ in range(cfg.num_layers)]
 
 
 def param_count(params: Any) -> int:

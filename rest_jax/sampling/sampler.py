@@ -1,10 +1,13 @@
-"""Batched autoregressive sampling with a KV cache: prefill, then a `jax.lax.while_loop` decode.
+"""Batched autoregressive sampling with a KV cache: prefill, then `jax.lax.while_loop` decode.
 
-Layout: a batch of prompts is left-padded to a bucket length L, so every prompt ends at slot L - 1 and all rows write
-the cache at the same slot. The cache has S = L + max_new_tokens slots; generated tokens fill slots [L, S). Row b's
-real tokens start at slot pad_B[b], whose rotary position is 0.
+Layout: a batch of prompts is left-padded to a bucket length L; row p's real tokens start at slot pad_P[p], whose
+rotary position is 0. The prefill writes each prompt's keys and values once (`Cache`: P x L prompt slots); its n
+samples (rows [p * n, (p + 1) * n)) each write their own generated slots [0, N) and read the prompt's slots in one
+matmul per prompt, so the prompt is neither recomputed nor copied n times. The decode runs in segments of static
+length (`attend_buckets`): a step in the segment ending at slot A attends to generated slots [0, A) only, so early
+steps do not read the whole cache. The prefill projects only each prompt's last position onto the vocabulary.
 
-Shape letters: B rows (prompts x samples), P prompts, L prompt bucket, S cache slots, N new tokens, V vocabulary.
+Shape letters: B rows (prompts x samples), P prompts, L prompt bucket, N new tokens, V vocabulary, D model dim.
 """
 
 import dataclasses
@@ -21,95 +24,109 @@ from jax.sharding import Mesh
 from rest_jax import distributed
 from rest_jax import tokenizers
 from rest_jax.model import sharding
-from rest_jax.model.transformer import Cache, ModelConfig, Transformer, init_cache
+from rest_jax.model.transformer import (Cache, ModelConfig, SampleKeys, Transformer, init_sampling_cache,
+                                        output_logits)
 from rest_jax.sampling.strategies import Strategy
 from rest_jax.tokenizers import Tokenizer
+
+DEFAULT_ATTEND_BUCKETS = (64, 128, 256, 512, 1024)
 
 
 @flax.struct.dataclass
 class SamplingState:
-  """The decode loop's carry."""
+  """The decode loop's carry (the prompts' keys and values are read-only, outside it)."""
 
-  tokens_BxS: jax.Array  # int32: left-padded prompt, then the generated tokens.
-  cache: Cache  # Per layer {"k", "v"}: BxSxKxH; slots [0, slot) are filled.
-  pad_B: jax.Array  # int32: left padding of each row; slot pad_B[b] has position 0.
-  slot: jax.Array  # int32 scalar: slot of the newest token, which is not in the cache yet.
+  tokens_BxN: jax.Array  # int32: the generated tokens; slot `step` holds the newest.
+  cache: Cache  # Per layer {"k", "v"}: BxKxNxH; generated slots [0, step) are filled.
+  step: jax.Array  # int32 scalar: generated slot of the newest token, which is not in the cache yet.
   length_B: jax.Array  # int32: generated tokens so far, up to and including EOS / a stop sequence.
   done_B: jax.Array  # bool: the row has produced EOS or a stop sequence.
   rng: jax.Array
 
 
-def _prefill_mask(pad_B: jax.Array, L: int, S: int) -> jax.Array:
-  """Query t sees slots [pad, t]; padding queries see only themselves, which keeps their softmax finite."""
-  t_LxS, s_LxS = np.arange(L)[:, None], np.arange(S)[None, :]
-  real_BxLxS = (s_LxS >= pad_B[:, None, None]) & (s_LxS <= t_LxS)
-  return real_BxLxS | (t_LxS == s_LxS)[None]
-
-
-def _stop_hits(tokens_BxS, slot, L, stop_sequences) -> jax.Array:
-  """Whether the tokens ending at `slot` spell one of `stop_sequences` entirely inside the generated region."""
-  B = tokens_BxS.shape[0]
+def _stop_hits(tokens_BxN, step, stop_sequences) -> jax.Array:
+  """Whether the tokens ending at generated slot `step` spell one of `stop_sequences`."""
+  B = tokens_BxN.shape[0]
   hit_B = jnp.zeros((B,), bool)
   for seq in stop_sequences:
     m = len(seq)
-    window_Bxm = jax.lax.dynamic_slice_in_dim(tokens_BxS, jnp.maximum(slot - m + 1, 0), m, axis=1)
+    window_Bxm = jax.lax.dynamic_slice_in_dim(tokens_BxN, jnp.maximum(step - m + 1, 0), m, axis=1)
     match_B = jnp.all(window_Bxm == jnp.asarray(seq, jnp.int32), axis=1)
-    hit_B = hit_B | (match_B & (slot - m + 1 >= L))
+    hit_B = hit_B | (match_B & (step - m + 1 >= 0))
   return hit_B
 
 
+def segment_ends(max_new_tokens: int, attend_buckets: Sequence[int]) -> tuple[int, ...]:
+  """The generated-slot bounds of the decode segments: the buckets below `max_new_tokens`, then it."""
+  return tuple(sorted({b for b in attend_buckets if 0 < b < max_new_tokens} | {max_new_tokens}))
+
+
+def prefill(params: Any, prompt_PxL: jax.Array, pad_P: jax.Array, *, cfg: ModelConfig, rows: int,
+            max_new_tokens: int) -> tuple[jax.Array, Cache, SampleKeys]:
+  """The prompts' keys and values, once each: (last-position logits_PxV, cache with `rows` generated rows, keys)."""
+  P, L = prompt_PxL.shape
+  positions_PxL = jnp.maximum(jnp.arange(L)[None, :] - pad_P[:, None], 0)
+  prefix_pos_PxL = jnp.where(jnp.arange(L)[None, :] >= pad_P[:, None], positions_PxL, -1)
+  cache = init_sampling_cache(cfg, P, L, rows, max_new_tokens)
+  keys = SampleKeys(prefix_pos_PxL=prefix_pos_PxL)
+  x_PxLxD, cache = Transformer(cfg).apply({"params": params}, prompt_PxL, positions_PxL, keys, cache, 0, hidden=True)
+  logits_PxV = output_logits(cfg, params, x_PxLxD[:, -1:])[:, 0]
+  n = rows // P
+  gen_pos_BxN = (jnp.repeat(L - pad_P, n)[:, None] + jnp.arange(max_new_tokens)[None, :]).astype(jnp.int32)
+  return logits_PxV, cache, SampleKeys(prefix_pos_PxL=prefix_pos_PxL, gen_pos_BxN=gen_pos_BxN)
+
+
+def decode_step(params: Any, token_B: jax.Array, step: jax.Array, cache: Cache, keys: SampleKeys, *,
+                cfg: ModelConfig, attend_len: int | None = None) -> tuple[jax.Array, Cache]:
+  """One token per row at generated slot `step` -> (logits_BxV, cache with its keys written)."""
+  positions_Bx1 = jax.lax.dynamic_slice_in_dim(keys.gen_pos_BxN, step, 1, axis=1)
+  logits_Bx1xV, cache = Transformer(cfg).apply({"params": params}, token_B[:, None], positions_Bx1, keys, cache, step,
+                                               attend_len=attend_len)
+  return logits_Bx1xV[:, 0], cache
+
+
 @functools.partial(
-    jax.jit, static_argnames=("cfg", "strategy", "num_samples", "max_new_tokens", "eos_id", "pad_id", "stop_sequences"))
+    jax.jit, static_argnames=("cfg", "strategy", "num_samples", "max_new_tokens", "eos_id", "pad_id", "stop_sequences",
+                              "attend_buckets"))
 def sample_tokens(params: Any, prompt_PxL: jax.Array, pad_P: jax.Array, rng: jax.Array, *, cfg: ModelConfig,
                   strategy: Strategy, num_samples: int, max_new_tokens: int, eos_id: int, pad_id: int,
-                  stop_sequences: tuple[tuple[int, ...], ...] = ()) -> tuple[jax.Array, jax.Array]:
+                  stop_sequences: tuple[tuple[int, ...], ...] = (),
+                  attend_buckets: tuple[int, ...] = DEFAULT_ATTEND_BUCKETS) -> tuple[jax.Array, jax.Array]:
   """Samples `num_samples` continuations of each left-padded prompt.
 
   Returns (tokens_BxN, length_B) with B = P * num_samples, samples of prompt p in rows [p * n, (p + 1) * n). Tokens
   after EOS / a stop sequence (which are included in the length) or past the budget are `pad_id`.
   """
-  model = Transformer(cfg)
   P, L = prompt_PxL.shape
-  S = L + max_new_tokens
-  n = num_samples
-
-  # Prefill once per prompt, then copy the cache for its n samples.
-  positions_PxL = jnp.maximum(jnp.arange(L)[None, :] - pad_P[:, None], 0)
-  cache = init_cache(cfg, P, S)
-  logits_PxLxV, cache = model.apply({"params": params}, prompt_PxL, positions_PxL, _prefill_mask(pad_P, L, S),
-                                    cache, 0)
-  repeat = lambda x: jnp.repeat(x, n, axis=0)
-  cache, pad_B = jax.tree.map(repeat, cache), repeat(pad_P)
+  N, B = max_new_tokens, P * num_samples
+  logits_PxV, full_cache, keys = prefill(params, prompt_PxL, pad_P, cfg=cfg, rows=B, max_new_tokens=N)
+  prompt_cache = [{"prefix_k": c["prefix_k"], "prefix_v": c["prefix_v"]} for c in full_cache]
   rng, first_rng = jax.random.split(rng)
-  first_B = strategy.next_tokens(repeat(logits_PxLxV[:, -1]), first_rng)
-  B = P * n
-  tokens_BxS = jnp.full((B, S), pad_id, jnp.int32).at[:, :L].set(repeat(prompt_PxL)).at[:, L].set(first_B)
-  done_B = (first_B == eos_id) | _stop_hits(tokens_BxS, L, L, stop_sequences)
-  state = SamplingState(tokens_BxS=tokens_BxS, cache=cache, pad_B=pad_B, slot=jnp.asarray(L, jnp.int32),
-                        length_B=jnp.ones((B,), jnp.int32), done_B=done_B, rng=rng)
+  first_B = strategy.next_tokens(jnp.repeat(logits_PxV, num_samples, axis=0), first_rng)
+  tokens_BxN = jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(first_B)
+  state = SamplingState(tokens_BxN=tokens_BxN, cache=[{"k": c["k"], "v": c["v"]} for c in full_cache],
+                        step=jnp.asarray(0, jnp.int32), length_B=jnp.ones((B,), jnp.int32),
+                        done_B=(first_B == eos_id) | _stop_hits(tokens_BxN, 0, stop_sequences), rng=rng)
 
-  def cond(state: SamplingState):
-    return (state.slot < S - 1) & ~jnp.all(state.done_B)
-
-  def body(state: SamplingState):
-    slot = state.slot
-    token_Bx1 = jax.lax.dynamic_slice_in_dim(state.tokens_BxS, slot, 1, axis=1)
-    positions_Bx1 = (slot - state.pad_B)[:, None]
-    s_S = jnp.arange(S)
-    mask_Bx1xS = ((s_S[None, :] >= state.pad_B[:, None]) & (s_S[None, :] <= slot))[:, None, :]
-    logits_Bx1xV, cache = model.apply({"params": params}, token_Bx1, positions_Bx1, mask_Bx1xS, state.cache, slot)
+  def body(state: SamplingState, attend_len: int) -> SamplingState:
+    step = state.step
+    cache = [{**p, **g} for p, g in zip(prompt_cache, state.cache)]
+    logits_BxV, cache = decode_step(params, state.tokens_BxN[:, step], step, cache, keys, cfg=cfg,
+                                    attend_len=attend_len)
     rng, step_rng = jax.random.split(state.rng)
-    next_B = strategy.next_tokens(logits_Bx1xV[:, 0], step_rng)
-    tokens_BxS = jax.lax.dynamic_update_slice_in_dim(state.tokens_BxS, next_B[:, None], slot + 1, axis=1)
-    hit_B = (next_B == eos_id) | _stop_hits(tokens_BxS, slot + 1, L, stop_sequences)
-    return SamplingState(tokens_BxS=tokens_BxS, cache=cache, pad_B=state.pad_B, slot=slot + 1,
+    next_B = strategy.next_tokens(logits_BxV, step_rng)
+    tokens_BxN = jax.lax.dynamic_update_slice_in_dim(state.tokens_BxN, next_B[:, None], step + 1, axis=1)
+    hit_B = (next_B == eos_id) | _stop_hits(tokens_BxN, step + 1, stop_sequences)
+    return SamplingState(tokens_BxN=tokens_BxN, cache=[{"k": c["k"], "v": c["v"]} for c in cache], step=step + 1,
                          length_B=state.length_B + (~state.done_B).astype(jnp.int32), done_B=state.done_B | hit_B,
                          rng=rng)
 
-  state = jax.lax.while_loop(cond, body, state)
+  # Segment by segment: a step writing generated slot `step` < end attends to slots [0, end) only.
+  for end in segment_ends(N, attend_buckets):
+    state = jax.lax.while_loop(lambda s, end=end: (s.step < min(end, N - 1)) & ~jnp.all(s.done_B),
+                               functools.partial(body, attend_len=end), state)
   # Mask once, after the loop: everything past each row's end becomes padding.
-  new_BxN = state.tokens_BxS[:, L:]
-  new_BxN = jnp.where(jnp.arange(max_new_tokens)[None, :] < state.length_B[:, None], new_BxN, pad_id)
+  new_BxN = jnp.where(jnp.arange(N)[None, :] < state.length_B[:, None], state.tokens_BxN, pad_id)
   return new_BxN, state.length_B
 
 
@@ -118,6 +135,8 @@ class SamplerConfig:
   batch_rows: int = 256  # Rows (prompts x samples) per device call; rounded to the mesh's batch shards.
   prompt_buckets: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)  # Prompts are left-padded to the next bucket.
   max_total_len: int | None = None  # Longest prompt bucket + max_new_tokens allowed (the model's context).
+  # Decode segments: a step attends to generated slots up to the next of these (compiles one loop body each).
+  attend_buckets: tuple[int, ...] = DEFAULT_ATTEND_BUCKETS
 
 
 class Sampler:
@@ -189,7 +208,7 @@ class Sampler:
       with sharding.use_mesh(self.mesh):
         return sample_tokens(params, prompt_PxL, pad_P, rng, cfg=self.cfg, strategy=strategy, num_samples=num_samples,
                              max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=self.pad_id,
-                             stop_sequences=stop_sequences)
+                             stop_sequences=stop_sequences, attend_buckets=tuple(self.config.attend_buckets))
 
     in_flight = dispatch(0) if batches else None
     for b, (_, idx) in enumerate(batches):

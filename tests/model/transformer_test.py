@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from rest_jax.model import transformer
-from rest_jax.model.transformer import ModelConfig, Transformer, causal_mask, init_cache
+from rest_jax.model.transformer import ModelConfig, Transformer, causal_mask
+from rest_jax.sampling import sampler
 from tests.helpers import tiny_config
 
 T = 8  # Row length used by most tests.
@@ -135,33 +136,35 @@ def test_packed_sequences_give_the_same_logits_as_each_alone(window):
   assert np.abs(logits_4xRxV[3, 5:8] - logits_4xRxV[2, :3]).max() > 1e-3  # Leaking attention would show.
 
 
-@functools.partial(jax.jit, static_argnames="cfg", compiler_options=_FAST_COMPILE)
-def _cached_forward(params, tokens_BxT, cache, index, cfg):
-  """Writes tokens_BxT at cache slots [index, index + T) and returns their logits; slot s holds position s."""
-  B, L = tokens_BxT.shape
-  S = cache[0]["k"].shape[1]
-  positions_BxT = jnp.broadcast_to(index + jnp.arange(L), (B, L))
-  mask_BxTxS = jnp.broadcast_to(jnp.arange(S)[None, :] <= positions_BxT[0][:, None], (B, L, S))
-  return Transformer(cfg).apply({"params": params}, tokens_BxT, positions_BxT, mask_BxTxS, cache, index)
+_prefill = jax.jit(sampler.prefill, static_argnames=("cfg", "rows", "max_new_tokens"), compiler_options=_FAST_COMPILE)
+_decode_step = jax.jit(sampler.decode_step, static_argnames=("cfg", "attend_len"), compiler_options=_FAST_COMPILE)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"num_layers": 1, "num_kv_heads": 1, "sliding_window": 3}],
-                         ids=["gqa", "mqa_window3"])
-def test_prefill_then_one_token_steps_through_the_cache_match_the_full_forward(overrides):
+@pytest.mark.parametrize("overrides", [{}, {"num_layers": 1, "num_kv_heads": 1, "sliding_window": 3,
+                                            "attn_logits_softcap": 2.0}], ids=["gqa", "mqa_window3_softcap"])
+def test_the_sampling_cache_gives_the_full_forward_logits(overrides):
+  # Two left-padded prompts with two samples each; every sample feeds its own tokens through the decode steps.
   cfg = tiny_config(**overrides)
   params = _random_params(cfg, seed=2)
-  tokens_2xT = _tokens(4, (2, T))
-  full_2xTxV = np.asarray(_forward_row(params, tokens_2xT, cfg))
-
-  prefill = 3
-  cache = init_cache(cfg, 2, T)
-  logits, cache = _cached_forward(params, tokens_2xT[:, :prefill], cache, jnp.asarray(0), cfg)
-  steps = [np.asarray(logits)]
-  for i in range(prefill, T):
-    logits, cache = _cached_forward(params, tokens_2xT[:, i:i + 1], cache, jnp.asarray(i), cfg)
-    steps.append(np.asarray(logits))
-  np.testing.assert_allclose(np.concatenate(steps, axis=1), full_2xTxV, atol=1e-5)
-  assert cache[0]["k"].shape == (2, T, cfg.num_kv_heads, cfg.head_dim)
+  L, N, n = 5, 6, 2
+  prompts = [_tokens(4, (5,)), _tokens(5, (3,))]
+  prompt_PxL = np.stack([np.pad(p, (L - len(p), 0)) for p in prompts])
+  pad_P = np.asarray([L - len(p) for p in prompts], np.int32)
+  fed_BxN = _tokens(6, (2 * n, N))
+  logits_PxV, cache, keys = _prefill(params, prompt_PxL, pad_P, cfg=cfg, rows=2 * n, max_new_tokens=N)
+  assert cache[0]["prefix_k"].shape == (2, cfg.num_kv_heads, L, cfg.head_dim)  # Once per prompt, not per sample.
+  assert cache[0]["k"].shape == (2 * n, cfg.num_kv_heads, N, cfg.head_dim)
+  for p, prompt in enumerate(prompts):
+    np.testing.assert_allclose(logits_PxV[p], _forward_row(params, prompt[None], cfg)[0, -1], atol=1e-5)
+  for step in range(N):
+    # Attending to a bound past the filled slots gives the same logits as attending to all of them.
+    attend_len = 4 if step < 4 else None
+    logits_BxV, cache = _decode_step(params, fed_BxN[:, step], jnp.asarray(step), cache, keys, cfg=cfg,
+                                     attend_len=attend_len)
+    for b in range(2 * n):
+      row = np.r_[prompts[b // n], fed_BxN[b, :step + 1]][None]
+      np.testing.assert_allclose(logits_BxV[b], _forward_row(params, row, cfg)[0, -1], atol=1e-5,
+                                 err_msg=f"row {b}, step {step}")
 
 
 @pytest.mark.parametrize("num_kv_heads", [1, 2])
@@ -336,7 +339,7 @@ def test_remat_keeps_the_forward_and_refuses_a_cache(cfg, params, remat):
                       compiler_options=_FAST_COMPILE)(params)
   np.testing.assert_allclose(logits, _forward_row(params, tokens_2xT, cfg), rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match="remat is for training"):
-    Transformer(cfg, remat=remat).apply({"params": params}, tokens_2xT, positions_2xT, mask, init_cache(cfg, 2, T))
+    Transformer(cfg, remat=remat).apply({"params": params}, tokens_2xT, positions_2xT, mask, [{}] * cfg.num_layers)
   with pytest.raises(ValueError, match="train.remat"):
     Transformer(cfg, remat="most").apply({"params": params}, tokens_2xT, positions_2xT, mask)
 

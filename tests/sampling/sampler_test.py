@@ -17,6 +17,7 @@ import pytest
 from rest_jax.model import sharding
 from rest_jax.model.transformer import Transformer, causal_mask
 from rest_jax.sampling import Greedy, Sampler, SamplerConfig, Sampling, sample_tokens
+from rest_jax.sampling import sampler as sampler_lib
 from tests.helpers import CharTokenizer, tiny_config
 
 TOK = CharTokenizer(alphabet="abcdefghijklmnopqrstuvwxyz .")  # 32 ids: divisible by the tensor axis.
@@ -82,10 +83,11 @@ def _encode(prompt: str) -> list[int]:
   return [TOK.bos_id] + TOK.encode(prompt)
 
 
-def _direct(params, prompts):
+def _direct(params, prompts, attend_buckets=(64,)):
   """sample_tokens on left-padded prompts -> (tokens_PxN, length_P, logits per step [N][P, V]).
 
-  Always with WINDOW_CFG, the recording greedy strategy and the STOP sequence: one compiled decode loop.
+  Always with WINDOW_CFG, the recording greedy strategy and the STOP sequence: one compiled decode loop (one segment,
+  since N < 64, unless `attend_buckets` say otherwise).
   """
   prompt_PxL = np.full((len(prompts), L), TOK.pad_id, np.int32)
   pad_P = np.zeros(len(prompts), np.int32)
@@ -95,7 +97,8 @@ def _direct(params, prompts):
   _RECORDED.clear()
   tokens_PxN, length_P = sample_tokens(
       params, prompt_PxL, pad_P, jax.random.key(0), cfg=WINDOW_CFG, strategy=_RecordingGreedy(), num_samples=1,
-      max_new_tokens=N, eos_id=TOK.eos_id, pad_id=TOK.pad_id, stop_sequences=(tuple(TOK.encode(STOP)),))
+      max_new_tokens=N, eos_id=TOK.eos_id, pad_id=TOK.pad_id, stop_sequences=(tuple(TOK.encode(STOP)),),
+      attend_buckets=attend_buckets)
   jax.effects_barrier()
   return np.asarray(tokens_PxN), np.asarray(length_P), list(_RECORDED)
 
@@ -163,6 +166,17 @@ def test_greedy_decode_equals_naive_full_recompute():
     np.testing.assert_allclose(np.stack([step[p] for step in recorded[:len(expected)]]), np.stack(naive_logits),
                                atol=1e-4)
   assert length_P.max() == N  # At least one prompt ran the whole budget: every decode step was compared.
+
+
+def test_decode_segments_that_attend_to_fewer_slots_give_the_same_tokens_and_logits():
+  params = _random_params(WINDOW_CFG, seed=1)
+  assert sampler_lib.segment_ends(N, (2, 5, 64)) == (2, 5, N)
+  tokens_PxN, length_P, recorded = _direct(params, RANDOM_PROMPTS)
+  seg_tokens_PxN, seg_length_P, seg_recorded = _direct(params, RANDOM_PROMPTS, attend_buckets=(2, 5))
+  np.testing.assert_array_equal(seg_tokens_PxN, tokens_PxN)
+  np.testing.assert_array_equal(seg_length_P, length_P)
+  assert len(seg_recorded) == len(recorded) == N
+  np.testing.assert_allclose(np.stack(seg_recorded), np.stack(recorded), atol=1e-6)
 
 
 def test_eos_ends_a_row_and_everything_after_it_is_padding(bigram_params):

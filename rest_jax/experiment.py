@@ -6,7 +6,8 @@ with the same results as an uninterrupted one.
 
   WORKDIR/config.json                                the config of the run (a rerun must match it)
   WORKDIR/samples/<method>/iteration_<k>.jsonl.gz    E-step samples: prompt, completion, reward, kept
-  WORKDIR/checkpoints/<method>/iteration_<k>/        M-step result (Orbax), with metadata
+  WORKDIR/checkpoints/<method>/iteration_<k>/        M-step result (Orbax), with metadata; merged with LoRA
+  WORKDIR/checkpoints/<method>/adapters_<k>/         LoRA only: the adapters of that result (train.lora_rank > 0)
   WORKDIR/metrics.jsonl, stages.jsonl, tensorboard/  evaluations and stage timings
   WORKDIR/report.md, plots/                          the report
 
@@ -337,6 +338,9 @@ class Experiment:
       counters["best_val_pass@1"] = result.best_val
     # The record goes first: a kill between the two only makes the rerun redo (and re-log) this stage.
     self.log.append_stage({"method": method, "iteration": iteration, "stage": "mstep", "wall_s": wall, **counters})
+    if result.adapters is not None:  # LoRA: the adapters too, small, beside the merged model that the loop reads.
+      self.store.save_adapters(method, iteration, result.adapters,
+                               {"model_config": self.cfg.to_dict(), "lora": dataclasses.asdict(train_config.lora())})
     self.store.save(method, iteration, result.params,
                     {"model_config": self.cfg.to_dict(), "method": method, "iteration": iteration, **counters,
                      "history": result.history})

@@ -63,6 +63,11 @@ def _asset(name: str) -> str:
 _RESULT_NEUTRAL_FIELDS = ("title", "sampler.reward_workers", "report.")
 
 
+# Fields added since, with the value every run before them had: a workdir from before them resumes at that value.
+_ADDED_FIELDS = {"train.lora_rank": 0, "train.lora_alpha": 16.0,
+                 "train.lora_modules": ["q", "k", "v", "o", "gate", "up", "down"], "train.lora_base_quant": "none"}
+
+
 def _result_neutral(field: str) -> bool:
   return any(field == name or name.endswith(".") and field.startswith(name) for name in _RESULT_NEUTRAL_FIELDS)
 
@@ -77,6 +82,7 @@ def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDi
       raise errors.UserError(f"{path}: not valid JSON ({error.msg}, line {error.lineno}); it records the config of "
                              "the run in this workdir: restore it, or use a new --workdir") from None
     current = _flat(json.loads(config.to_json()))
+    saved = {**{k: v for k, v in _ADDED_FIELDS.items() if k in current}, **saved}
     diff = sorted(k for k in set(saved) | set(current)
                   if saved.get(k) != current.get(k) and not _result_neutral(k))
     if diff:

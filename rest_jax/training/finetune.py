@@ -246,12 +246,12 @@ def init_train_state(params: Any, *, cfg: ModelConfig, config: TrainConfig, mesh
 @dataclasses.dataclass
 class FinetuneResult:
   params: Any  # The best parameters on the validation metric (the last ones when there is no validation); merged.
-  adapters: Any  # With LoRA, the adapters of `params` (`lora.merge(base, adapters)`); None without.
   best_step: int
   best_val: float | None
   steps: int
   tokens: int
   history: list[dict[str, float]]  # One entry per evaluation: step, loss, val.
+  adapters: Any = None  # With LoRA, the adapters of `params` (`lora.merge(base, adapters)`); None without.
 
 
 # A mean loss this many times the first step's at an evaluation is reported as diverging.

@@ -228,13 +228,13 @@ def init_train_state(params: Any, *, cfg: ModelConfig, config: TrainConfig, mesh
   step_fn, state_shardings = jit_train_step(cfg, tx, config.loss_factory(), mesh, lora)
   # Fresh copies: the caller's params (the base model) stay valid although the train state is donated.
   copy = lambda tree, shardings: jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings)(tree)
-  frozen = None
-  if lora is not None:
-    frozen = lora_lib.quantize_base(cfg, lora, params, mesh)
+  if lora is None:
+    frozen, params = None, copy(params, state_shardings.params)
+  else:
+    frozen = lora_lib.quantize_base(cfg, lora, params, mesh)  # A quantised base is new arrays already.
     if lora.base_quant == "none":
       frozen = copy(frozen, state_shardings.frozen)
     params = lora_lib.init_adapters(cfg, lora, mesh, jax.random.key(config.seed))
-  params = copy(params, state_shardings.params)
   replicated = sharding.replicated(mesh)
   opt_state = jax.jit(lambda p, n: with_total_steps(tx.init(p), n), out_shardings=state_shardings.opt_state)(
       params, distributed.host_to_global(np.asarray(total_steps, np.int32), replicated))

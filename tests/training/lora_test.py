@@ -130,6 +130,22 @@ def test_lora_gradient_is_taken_for_the_adapters_only(params):
   assert jax.tree.structure(grads) == jax.tree.structure(state.params)
 
 
+def test_lora_with_remat_and_the_chunked_loss_gives_the_same_loss_and_adapter_gradient(params):
+  mesh = _mesh()
+  batch = jax.tree.map(lambda x: x[0], _batch_1xBxT())
+  results = []
+  for memory in (dict(), dict(remat="full", loss_chunk_size=4)):
+    config = TrainConfig(**LORA, **memory)
+    _, state = finetune.init_train_state(params, cfg=CFG, config=config, mesh=mesh, total_steps=10)
+    adapters = jax.tree.map(lambda x: x + 0.1, state.params)  # B != 0, so every adapter gets a gradient.
+    model_loss = state.loss_factory(CFG, batch)
+    results.append(jax.jit(jax.value_and_grad(lambda a, f: model_loss(lora.combine(f, a))[0]))(adapters,
+                                                                                                state.frozen))
+  (plain_loss, plain_grads), (memory_loss, memory_grads) = results
+  np.testing.assert_allclose(memory_loss, plain_loss, rtol=1e-5)
+  assert _max_diff(memory_grads, plain_grads) < 1e-4 * max(float(np.abs(g).max()) for g in jax.tree.leaves(plain_grads))
+
+
 def test_lora_sharded_on_data4_tensor2_equals_one_device(params, trained):
   expected, expected_losses, _, _ = trained
   mesh = _mesh(data=4, tensor=2)

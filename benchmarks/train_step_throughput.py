@@ -24,12 +24,12 @@ The matmul rates are measured with jax in the same run (a 2048^3 matmul, best of
   python benchmarks/train_step_throughput.py --peak_memory --memory_scheduler --rows=8 --seq_len=512
 
 `--peak_memory` runs one train step per setting (plain, remat, chunked loss, both; LoRA of rank `--memory_lora_rank`
-on every projection over the float32 base and over its int8 quantisation, alone and with remat and the chunked loss)
-at `--rows` x `--seq_len`, each in a fresh subprocess, and reports (1) XLA's compiled memory analysis of the train step: temporary buffers plus
-arguments and outputs not aliased by donation, i.e. what the step itself needs, exact and free of the loaders' own
-peaks, and (2) the process's peak RSS (getrusage ru_maxrss) before and after the step, whose growth is the step's
-real high-water mark above what loading already reached (the GGUF dequantisation peaks first, so growth can be 0
-when the step needs less than loading did).
+on every projection over the float32 base and over its int8 quantisation, alone and with remat and the chunked loss;
+`--memory_rows` picks some) at `--rows` x `--seq_len`, each in a fresh subprocess, and reports (1) XLA's compiled
+memory analysis of the train step: temporary buffers plus arguments and outputs not aliased by donation, i.e. what
+the step itself needs, exact and free of the loaders' own peaks, and (2) the process's peak RSS (getrusage
+ru_maxrss) before and after the step, whose growth is the step's real high-water mark above what loading already
+reached (the GGUF dequantisation peaks first, so growth can be 0 when the step needs less than loading did).
 
 `--memory_scheduler` runs those processes with XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false.
 XLA:CPU's default scheduler orders ops for parallelism and ignores memory: it runs every block's rematerialised

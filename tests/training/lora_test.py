@@ -195,26 +195,29 @@ def test_fresh_adapters_every_m_step_with_another_seed(params):
   assert _max_diff(a0, a1) > 1e-3
 
 
-def test_lora_over_an_int8_base_is_within_the_quantisation_error_at_init(params):
+@pytest.mark.parametrize("quant, qmax", [("int8", 127), ("int4", 7)])
+def test_lora_over_a_quantised_base_is_within_the_quantisation_error_at_init(params, quant, qmax):
   mesh = _mesh()
-  c = lora.LoraConfig(rank=4, base_quant="int8")
+  c = lora.LoraConfig(rank=4, base_quant=quant)
   base = lora.quantize_base(CFG, c, params, mesh)
   kernel = base["layer_0"]["mlp"]["gate"]["kernel"]
-  assert kernel.array.qvalue.dtype == np.int8
+  assert kernel.array.qvalue.dtype == np.dtype(quant)
   adapters = lora.init_adapters(CFG, c, mesh, jax.random.key(0))
   adapted = _adapted_logits(c, base, adapters)
-  # The dequantised kernels differ from the base's by at most half a quantisation step (absmax / 127 per output
+  # The dequantised kernels differ from the base's by at most half a quantisation step (absmax / qmax per output
   # channel), and the merged model, which holds them, computes the adapted model's logits.
   merged = lora.merge(CFG, c, base, adapters, mesh)
   w, wq = params["layer_0"]["mlp"]["gate"]["kernel"], np.asarray(merged["layer_0"]["mlp"]["gate"]["kernel"])
-  step = np.abs(w).max(axis=0, keepdims=True) / 127
+  step = np.abs(w).max(axis=0, keepdims=True) / qmax
   assert 0 < np.abs(wq - w).max() and np.all(np.abs(wq - w) <= 0.5 * step * 1.01)
   np.testing.assert_allclose(_logits(merged), adapted, rtol=1e-5, atol=1e-5)
   base_logits = _logits(params)
   diff, scale = float(np.abs(adapted - base_logits).max()), float(np.abs(base_logits).max())
-  assert 0 < diff < 0.05 * scale, (diff, scale)
-  # And it trains: the frozen base stays int8.
-  config = TrainConfig(**{**LORA, "lora_base_quant": "int8"})
+  assert 0 < diff, (diff, scale)
+  if quant == "int8":  # 4 bits are too coarse for this random model's weights to keep its logits close.
+    assert diff < 0.05 * scale, (diff, scale)
+  # And it trains: the frozen base stays quantised.
+  config = TrainConfig(**{**LORA, "lora_base_quant": quant})
   step_fn, state = finetune.init_train_state(params, cfg=CFG, config=config, mesh=mesh, total_steps=10)
   losses = []
   for _ in range(3):
@@ -222,7 +225,7 @@ def test_lora_over_an_int8_base_is_within_the_quantisation_error_at_init(params)
       state, metrics = step_fn(state, _batch_1xBxT())
     losses.append(float(metrics["loss"]))
   assert losses[-1] < losses[0]
-  assert state.frozen["layer_1"]["attn"]["o"]["kernel"].array.qvalue.dtype == np.int8
+  assert state.frozen["layer_1"]["attn"]["o"]["kernel"].array.qvalue.dtype == np.dtype(quant)
 
 
 def test_lora_merged_model_exports_to_transformers_with_the_same_logits(tmp_path):

@@ -19,6 +19,7 @@ setuptools.setup(
         "flax>=0.12.8,<0.13",
         "optax>=0.2.8,<0.3",
         "orbax-checkpoint>=0.12.8,<0.13",
+        "qwix>=0.1.8,<0.2",  # LoRA and the quantised base of the M-step (rest_jax/training/lora.py).
         "sentencepiece>=0.2.1,<0.3",
         "ml-collections>=1.1,<2",
         "absl-py>=2.1,<3",

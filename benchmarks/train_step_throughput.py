@@ -23,12 +23,13 @@ The matmul rates are measured with jax in the same run (a 2048^3 matmul, best of
   python benchmarks/train_step_throughput.py --peak_memory --rows=8 --seq_len=512
   python benchmarks/train_step_throughput.py --peak_memory --memory_scheduler --rows=8 --seq_len=512
 
-`--peak_memory` runs one train step per setting (plain, remat, chunked loss, both) at `--rows` x `--seq_len`, each in
-a fresh subprocess, and reports (1) XLA's compiled memory analysis of the train step: temporary buffers plus
-arguments and outputs not aliased by donation, i.e. what the step itself needs, exact and free of the loaders' own
-peaks, and (2) the process's peak RSS (getrusage ru_maxrss) before and after the step, whose growth is the step's
-real high-water mark above what loading already reached (the GGUF dequantisation peaks first, so growth can be 0
-when the step needs less than loading did).
+`--peak_memory` runs one train step per setting (plain, remat, chunked loss, both; LoRA of rank `--memory_lora_rank`
+on every projection over the float32 base and over its int8 quantisation, alone and with remat and the chunked loss;
+`--memory_rows` picks some) at `--rows` x `--seq_len`, each in a fresh subprocess, and reports (1) XLA's compiled
+memory analysis of the train step: temporary buffers plus arguments and outputs not aliased by donation, i.e. what
+the step itself needs, exact and free of the loaders' own peaks, and (2) the process's peak RSS (getrusage
+ru_maxrss) before and after the step, whose growth is the step's real high-water mark above what loading already
+reached (the GGUF dequantisation peaks first, so growth can be 0 when the step needs less than loading did).
 
 `--memory_scheduler` runs those processes with XLA_FLAGS=--xla_cpu_enable_concurrency_optimized_scheduler=false.
 XLA:CPU's default scheduler orders ops for parallelism and ignores memory: it runs every block's rematerialised
@@ -90,7 +91,8 @@ def matmul_rates() -> dict[str, float]:
 def _train_config(args) -> TrainConfig:
   return TrainConfig(seq_len=args.seq_len, batch_rows=args.rows, learning_rate=1e-5, warmup_steps=0,
                      lr_schedule="constant", weight_decay=0.01, b1=0.9, b2=0.98, grad_clip=1.0,
-                     loss_chunk_size=args.loss_chunk_size, remat=args.remat)
+                     loss_chunk_size=args.loss_chunk_size, remat=args.remat, lora_rank=args.lora_rank,
+                     lora_base_quant=args.lora_base_quant)
 
 
 def _load(args):
@@ -258,33 +260,39 @@ def one_step_memory(args) -> None:
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
   rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-  print(json.dumps({"remat": args.remat, "loss_chunk_size": args.loss_chunk_size, "loss": float(metrics["loss"]),
+  print(json.dumps({"remat": args.remat, "loss_chunk_size": args.loss_chunk_size, "lora_rank": args.lora_rank,
+                    "lora_base_quant": args.lora_base_quant, "loss": float(metrics["loss"]),
                     "temp_bytes": stats.temp_size_in_bytes, "argument_bytes": stats.argument_size_in_bytes,
                     "output_bytes": stats.output_size_in_bytes, "alias_bytes": stats.alias_size_in_bytes,
                     "peak_rss_before_step": rss_before, "peak_rss_after_step": rss_after}))
 
 
 def peak_memory(args) -> None:
-  settings = [("none", 0), ("full", 0), ("none", args.memory_chunk), ("full", args.memory_chunk),
-              ("dots_with_no_batch_dims_saveable", args.memory_chunk)]
+  c, r = args.memory_chunk, args.memory_lora_rank
+  settings = [("none", 0, 0, "none"), ("full", 0, 0, "none"), ("none", c, 0, "none"), ("full", c, 0, "none"),
+              ("dots_with_no_batch_dims_saveable", c, 0, "none"), ("none", 0, r, "none"), ("none", 0, r, "int8"),
+              ("full", c, r, "none"), ("full", c, r, "int8")]
+  if args.memory_rows:
+    settings = [settings[int(i)] for i in args.memory_rows.split(",")]
   scheduler = "memory-aware" if args.memory_scheduler else "default (concurrency-optimised)"
   print(f"Peak memory of one train step, SmolLM2-135M, {args.rows} x {args.seq_len} tokens, compute {args.dtype}, "
         f"XLA:CPU scheduler {scheduler}; each setting in a fresh process\n")
-  print("| remat | loss_chunk_size | XLA temporaries MiB | step total MiB (args + temps + unaliased outputs) | "
-        "peak RSS before step MiB | after MiB | loss |")
-  print("|---|---:|---:|---:|---:|---:|---:|")
+  print("| remat | loss_chunk_size | LoRA rank (base) | XLA temporaries MiB | step total MiB (args + temps + "
+        "unaliased outputs) | peak RSS before step MiB | after MiB | loss |")
+  print("|---|---:|---|---:|---:|---:|---:|---:|")
   mib = lambda b: b / 2 ** 20
-  for remat, chunk in settings:
+  for remat, chunk, rank, quant in settings:
     cmd = [sys.executable, __file__, "--_one_step_memory", f"--rows={args.rows}", f"--seq_len={args.seq_len}",
-           f"--dtype={args.dtype}", f"--remat={remat}", f"--loss_chunk_size={chunk}",
-           f"--num_layers={args.num_layers}"]
+           f"--dtype={args.dtype}", f"--remat={remat}", f"--loss_chunk_size={chunk}", f"--lora_rank={rank}",
+           f"--lora_base_quant={quant}", f"--num_layers={args.num_layers}"]
     env = dict(os.environ)
     if args.memory_scheduler:
       env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_enable_concurrency_optimized_scheduler=false").strip()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1]
     r = json.loads(out)
     total = r["argument_bytes"] + r["temp_bytes"] + r["output_bytes"] - r["alias_bytes"]
-    print(f"| {remat} | {chunk} | {mib(r['temp_bytes']):.0f} | {mib(total):.0f} | "
+    lora = f"{rank} ({quant})" if rank else "- (full fine-tuning)"
+    print(f"| {remat} | {chunk} | {lora} | {mib(r['temp_bytes']):.0f} | {mib(total):.0f} | "
           f"{mib(r['peak_rss_before_step']):.0f} | {mib(r['peak_rss_after_step']):.0f} | {r['loss']:.4f} |",
           flush=True)
 
@@ -301,6 +309,10 @@ def main() -> None:
   parser.add_argument("--skip_torch", action="store_true", help="time rest_jax only")
   parser.add_argument("--peak_memory", action="store_true", help="peak memory of one step per setting")
   parser.add_argument("--memory_chunk", type=int, default=128, help="loss_chunk_size of --peak_memory's settings")
+  parser.add_argument("--lora_rank", type=int, default=0, help="train.lora_rank (--peak_memory's steps only)")
+  parser.add_argument("--lora_base_quant", default="none", help="train.lora_base_quant")
+  parser.add_argument("--memory_lora_rank", type=int, default=16, help="LoRA rank of --peak_memory's LoRA settings")
+  parser.add_argument("--memory_rows", default="", help="--peak_memory: only these settings (indices, e.g. 0,5,6)")
   parser.add_argument("--memory_scheduler", action="store_true",
                       help="--peak_memory: XLA:CPU's memory-aware scheduler (see the module docstring)")
   parser.add_argument("--_one_step_memory", action="store_true", help=argparse.SUPPRESS)
@@ -309,6 +321,8 @@ def main() -> None:
     one_step_memory(args)
   elif args.peak_memory:
     peak_memory(args)
+  elif args.lora_rank:
+    raise SystemExit("--lora_rank is measured by --peak_memory; the throughput comparison is of full fine-tuning")
   else:
     throughput(args)
 

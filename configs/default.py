@@ -88,6 +88,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Memory options of the M-step; they change memory and speed, not results (benchmarks/train_step_throughput.py).
   c.train.loss_chunk_size = 0  # Cross-entropy over chunks of this many positions, no B x T x V logits (0 = plain).
   c.train.remat = "none"  # Per-block gradient checkpointing: "none", "full", "dots_saveable", ...
+  # LoRA (rest_jax/training/lora.py): only low-rank adapters are trained, over the frozen base; every M-step gets
+  # fresh adapters, and the iteration checkpoint holds the merged model (the adapters are saved beside it).
+  c.train.lora_rank = 0  # 0 = full fine-tuning.
+  c.train.lora_alpha = 16.0  # The adapters' update is scaled by lora_alpha / lora_rank.
+  c.train.lora_modules = ("q", "k", "v", "o", "gate", "up", "down")  # Adapted projections of every layer.
+  c.train.lora_base_quant = "none"  # "int8" / "int4": the frozen base held and multiplied quantised (QLoRA).
 
   c.eval = ml_collections.ConfigDict()
   c.eval.splits = ("test", "transfer", "train")  # Evaluated after every iteration ("train" on a subset).

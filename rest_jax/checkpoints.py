@@ -136,6 +136,16 @@ class IterationCheckpoints:
         raise ValueError(f"checkpoint metadata[{key!r}]={metadata[key]!r} contradicts {key}={value!r}")
     save(path, params, metadata={**metadata, "method": method, "iteration": iteration}, overwrite=overwrite)
 
+  def adapters_path(self, method: str, iteration: int) -> pathlib.Path:
+    return self.path(method, iteration).parent / f"adapters_{iteration}"
+
+  def save_adapters(self, method: str, iteration: int, adapters: Any, metadata: dict[str, Any]) -> None:
+    """LoRA: the adapters of (method, iteration)'s model, whose merged parameters `save` writes (after this: a run
+    stopped in between redoes the M-step). `rest_jax.training.lora.merge` applies them to the M-step's initial model
+    (the base under ReST-EM's restart from the base)."""
+    save(self.adapters_path(method, iteration), adapters,
+         metadata={**metadata, "method": method, "iteration": iteration}, overwrite=True)
+
   def exists(self, method: str, iteration: int) -> bool:
     return exists(self.path(method, iteration))
 

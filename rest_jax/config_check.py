@@ -21,6 +21,7 @@ from rest_jax import tasks
 from rest_jax.model import transformer
 from rest_jax.tasks import registry as task_registry
 from rest_jax.training import finetune
+from rest_jax.training import lora
 from rest_jax.training import loss as loss_lib
 
 _NUMBER = (int, float)
@@ -144,6 +145,10 @@ RULES: dict[str, Rule] = {
     "train.seed": _INT,
     "train.loss_chunk_size": _count(0),  # 0: the plain loss.
     "train.remat": Rule((str,), choices=lambda: ["none", *sorted(transformer.REMAT_POLICIES)]),
+    "train.lora_rank": _count(0),  # 0: full fine-tuning.
+    "train.lora_alpha": Rule(_NUMBER, low=0, open_low=True),
+    "train.lora_modules": Rule((str,), each=True, nonempty=True, choices=lambda: lora.MODULES),
+    "train.lora_base_quant": Rule((str,), choices=lambda: lora.BASE_QUANT),
     "eval.splits": Rule((str,), each=True, nonempty=True),
     "eval.train_subset": _count(),
     "eval.sampled_splits": Rule((str,), each=True),

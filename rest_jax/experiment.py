@@ -6,7 +6,8 @@ with the same results as an uninterrupted one.
 
   WORKDIR/config.json                                the config of the run (a rerun must match it)
   WORKDIR/samples/<method>/iteration_<k>.jsonl.gz    E-step samples: prompt, completion, reward, kept
-  WORKDIR/checkpoints/<method>/iteration_<k>/        M-step result (Orbax), with metadata
+  WORKDIR/checkpoints/<method>/iteration_<k>/        M-step result (Orbax), with metadata; merged with LoRA
+  WORKDIR/checkpoints/<method>/adapters_<k>/         LoRA only: the adapters of that result (train.lora_rank > 0)
   WORKDIR/metrics.jsonl, stages.jsonl, tensorboard/  evaluations and stage timings
   WORKDIR/report.md, plots/                          the report
 
@@ -62,6 +63,11 @@ def _asset(name: str) -> str:
 _RESULT_NEUTRAL_FIELDS = ("title", "sampler.reward_workers", "report.")
 
 
+# Fields added since, with the value every run before them had: a workdir from before them resumes at that value.
+_ADDED_FIELDS = {"train.lora_rank": 0, "train.lora_alpha": 16.0,
+                 "train.lora_modules": ["q", "k", "v", "o", "gate", "up", "down"], "train.lora_base_quant": "none"}
+
+
 def _result_neutral(field: str) -> bool:
   return any(field == name or name.endswith(".") and field.startswith(name) for name in _RESULT_NEUTRAL_FIELDS)
 
@@ -76,6 +82,7 @@ def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDi
       raise errors.UserError(f"{path}: not valid JSON ({error.msg}, line {error.lineno}); it records the config of "
                              "the run in this workdir: restore it, or use a new --workdir") from None
     current = _flat(json.loads(config.to_json()))
+    saved = {**{k: v for k, v in _ADDED_FIELDS.items() if k in current}, **saved}
     diff = sorted(k for k in set(saved) | set(current)
                   if saved.get(k) != current.get(k) and not _result_neutral(k))
     if diff:
@@ -337,6 +344,9 @@ class Experiment:
       counters["best_val_pass@1"] = result.best_val
     # The record goes first: a kill between the two only makes the rerun redo (and re-log) this stage.
     self.log.append_stage({"method": method, "iteration": iteration, "stage": "mstep", "wall_s": wall, **counters})
+    if result.adapters is not None:  # LoRA: the adapters too, small, beside the merged model that the loop reads.
+      self.store.save_adapters(method, iteration, result.adapters,
+                               {"model_config": self.cfg.to_dict(), "lora": dataclasses.asdict(train_config.lora())})
     self.store.save(method, iteration, result.params,
                     {"model_config": self.cfg.to_dict(), "method": method, "iteration": iteration, **counters,
                      "history": result.history})

@@ -460,3 +460,32 @@ def test_a_bad_config_value_exits_2_in_one_line_before_the_workdir_exists(tmp_pa
   assert result.stderr.strip().splitlines()[-1] == "error: config rest.cap=-1: must be >= 1", result.stderr[-3000:]
   assert "Traceback" not in result.stderr
   assert not workdir.exists()
+
+
+def test_a_smoke_run_with_lora_checkpoints_the_merged_model_and_its_adapters(tmp_path):
+  """`--config.train.lora_rank=4`: every M-step trains fresh adapters over the base (restart from the base), and each
+  iteration checkpoint is exactly the base merged with the adapters saved beside it."""
+  from rest_jax.model import sharding  # pylint: disable=g-import-not-at-top
+  from rest_jax.model.transformer import ModelConfig  # pylint: disable=g-import-not-at-top
+  from rest_jax.training import lora  # pylint: disable=g-import-not-at-top
+
+  workdir, log = tmp_path / "lora", tmp_path / "lora.log"
+  assert _wait(_start(workdir, log, "--config.train.lora_rank=4"), log) == 0, _tail(log)
+  store = checkpoints.IterationCheckpoints(workdir / "checkpoints")
+  base_path = pathlib.Path(experiment._asset(experiment.DEFAULT_BASE["arithmetic"]))
+  cfg = ModelConfig.from_dict(checkpoints.load_metadata(base_path)["model_config"])
+  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  base, _ = checkpoints.load(base_path, shardings=sharding.param_shardings(cfg, mesh))
+  checked = 0
+  for method, iterations in (("rest_em", _ITERATIONS["rest_em"][1:]), ("sft_human", [1])):
+    for it in iterations:
+      if store.load_metadata(method, it)["examples"] == 0:
+        continue  # Nothing kept: the M-step kept its initial model and trained no adapters.
+      adapters, metadata = checkpoints.load(store.adapters_path(method, it))
+      assert metadata["lora"]["rank"] == 4 and metadata["lora"]["base_quant"] == "none"
+      c = lora.LoraConfig(**{**metadata["lora"], "modules": tuple(metadata["lora"]["modules"])})
+      merged, _ = store.load(method, it, shardings=sharding.param_shardings(cfg, mesh))
+      jax.tree.map(np.testing.assert_array_equal, lora.merge(cfg, c, base, adapters, mesh), merged)
+      assert lora.count(adapters) < 0.2 * lora.count(merged)
+      checked += 1
+  assert checked >= 2

@@ -132,7 +132,10 @@ class Dense(nn.Module):
     shape = x.shape[x.ndim - n_in:] + self.features
     init = nn.initializers.lecun_normal(in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, len(shape))))
     kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes), shape, self.cfg.param_dtype)
-    y = jnp.tensordot(x.astype(self.cfg.dtype), kernel.astype(self.cfg.dtype), axes=n_in)
+    # tensordot's dot_general, written out: qwix (rest_jax/training/lora.py) intercepts jnp.asarray and
+    # lax.dot_general, not jnp.tensordot, to add the adapters and to multiply by a quantised kernel.
+    contracted = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    y = jax.lax.dot_general(x.astype(self.cfg.dtype), jnp.asarray(kernel, self.cfg.dtype), (contracted, ((), ())))
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), self.axes[n_in:]),
                         self.features, self.cfg.param_dtype)

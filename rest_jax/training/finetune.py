@@ -2,6 +2,8 @@
 
 `train_step(state, batch) -> (state, metrics)` is a module-level pure function, jitted once with the state donated.
 The learning-rate schedule's length lives in the optimizer state, so M-steps of any length share one compiled step.
+With `lora_rank > 0` the state's params are LoRA adapters over the frozen base it also holds (`lora.py`); `train`
+returns the merged model either way.
 Shape letters: A micro-batches (gradient accumulation), B rows, T tokens.
 """
 
@@ -26,6 +28,7 @@ from rest_jax import reporting
 from rest_jax.model import sharding
 from rest_jax.model.transformer import ModelConfig
 from rest_jax.training import batching
+from rest_jax.training import lora as lora_lib
 from rest_jax.training import loss as loss_lib
 
 
@@ -55,6 +58,11 @@ class TrainConfig:
   # Per-block gradient checkpointing: "none", "full" (keep only block inputs), "dots_saveable" (also keep matmul
   # outputs) or "dots_with_no_batch_dims_saveable" (keep weight matmuls, recompute attention).
   remat: str = "none"
+  # LoRA (rest_jax/training/lora.py): rank > 0 trains only low-rank adapters of `lora_modules` over the frozen base.
+  lora_rank: int = 0  # 0 = full fine-tuning.
+  lora_alpha: float = 16.0  # The adapters' update is scaled by lora_alpha / lora_rank.
+  lora_modules: tuple[str, ...] = lora_lib.MODULES  # Adapted projections of every layer.
+  lora_base_quant: str = "none"  # "int8" / "int4": the frozen base is held and multiplied quantised (QLoRA).
   seed: int = 0
 
   def __post_init__(self):
@@ -66,20 +74,30 @@ class TrainConfig:
     if self.learning_rate <= 0 or self.num_epochs <= 0:
       raise ValueError(f"train.learning_rate and train.num_epochs must be > 0, got {self.learning_rate}, "
                        f"{self.num_epochs}")
-    loss_lib.get(self.loss, chunk_size=self.loss_chunk_size, remat=self.remat)
+    object.__setattr__(self, "lora_modules", tuple(self.lora_modules))  # Hashable: the optimizer cache's key.
+    if self.lora_rank < 0:
+      raise ValueError(f"train.lora_rank must be >= 0 (0 = full fine-tuning), got {self.lora_rank}")
+    self.loss_factory()
+
+  def lora(self) -> lora_lib.LoraConfig | None:
+    if self.lora_rank == 0:
+      return None
+    return lora_lib.LoraConfig(rank=self.lora_rank, alpha=self.lora_alpha, modules=self.lora_modules,
+                               base_quant=self.lora_base_quant)
 
   def loss_factory(self) -> loss_lib.LossFactory:
-    return loss_lib.get(self.loss, chunk_size=self.loss_chunk_size, remat=self.remat)
+    return loss_lib.get(self.loss, chunk_size=self.loss_chunk_size, remat=self.remat, lora=self.lora())
 
 
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
-  params: Any
+  params: Any  # What is trained: the model's parameters, or with LoRA only the adapters.
   opt_state: Any
   cfg: ModelConfig = flax.struct.field(pytree_node=False)
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
   loss_factory: loss_lib.LossFactory = flax.struct.field(pytree_node=False)
+  frozen: Any = None  # LoRA: the base the adapters adapt (`lora.quantize_base`), read and passed through unchanged.
 
 
 class _ScheduleState(NamedTuple):
@@ -130,7 +148,8 @@ def _decay_mask(params: Any) -> Any:
 
 # TrainConfig fields the optimizer does not read: M-steps that differ only in these share one optimizer object.
 _NOT_OPTIMIZER_FIELDS = ("seq_len", "batch_rows", "micro_batches", "num_epochs", "max_steps", "eval_every", "patience",
-                         "loss", "loss_chunk_size", "remat", "seed")
+                         "loss", "loss_chunk_size", "remat", "lora_rank", "lora_alpha", "lora_modules",
+                         "lora_base_quant", "seed")
 
 
 def make_optimizer(c: TrainConfig) -> optax.GradientTransformation:
@@ -158,11 +177,16 @@ def with_total_steps(opt_state: Any, total_steps: Any) -> Any:
 
 
 def train_step(state: TrainState, batch_AxBxT: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step over A micro-batches; the loss is normalised by the step's total completion tokens."""
+  """One optimizer step over A micro-batches; the loss is normalised by the step's total completion tokens.
+
+  With LoRA (`state.frozen` set) the gradient is taken for the adapters only: none is computed for the base.
+  """
 
   def micro(carry, batch_BxT):
     grads, loss_sum, tokens = carry
-    (l, aux), g = jax.value_and_grad(state.loss_factory(state.cfg, batch_BxT), has_aux=True)(state.params)
+    model_loss = state.loss_factory(state.cfg, batch_BxT)
+    loss_fn = model_loss if state.frozen is None else lambda a: model_loss(lora_lib.combine(state.frozen, a))
+    (l, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return (jax.tree.map(jnp.add, grads, g), loss_sum + l, tokens + aux["tokens"]), None
 
   zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -176,13 +200,18 @@ def train_step(state: TrainState, batch_AxBxT: dict[str, jax.Array]) -> tuple[Tr
 
 
 def jit_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, loss_factory: loss_lib.LossFactory,
-                   mesh: Mesh) -> tuple[Callable[..., Any], TrainState]:
+                   mesh: Mesh, lora: lora_lib.LoraConfig | None = None) -> tuple[Callable[..., Any], TrainState]:
   """(`train_step` jitted for a mesh, the state's shardings). The state keeps its shardings from step to step, so it
   compiles once; equal static parts (the same `tx` object: see `make_optimizer`) reuse JAX's compilation cache."""
-  param_shardings, opt_shardings = sharding.train_state_shardings(cfg, mesh, tx)
+  if lora is None:
+    (param_shardings, opt_shardings), frozen_shardings = sharding.train_state_shardings(cfg, mesh, tx), None
+  else:
+    param_shardings, opt_shardings = lora_lib.adapter_tx_shardings(cfg, lora, mesh, tx)
+    frozen_shardings = lora_lib.base_shardings(cfg, lora, mesh)
   state_shardings = TrainState(step=sharding.replicated(mesh), params=param_shardings, opt_state=opt_shardings,
-                               cfg=cfg, tx=tx, loss_factory=loss_factory)
-  # The state is donated: its buffers are rewritten in place instead of doubling parameter and optimizer memory.
+                               cfg=cfg, tx=tx, loss_factory=loss_factory, frozen=frozen_shardings)
+  # The state is donated: its buffers are rewritten in place instead of doubling parameter and optimizer memory (a
+  # LoRA base is passed through, its output aliasing its input).
   step_fn = jax.jit(train_step, donate_argnums=0, in_shardings=(state_shardings, _batch_sharding(mesh)),
                     out_shardings=(state_shardings, sharding.replicated(mesh)))
   return step_fn, state_shardings
@@ -190,27 +219,39 @@ def jit_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, loss_fact
 
 def init_train_state(params: Any, *, cfg: ModelConfig, config: TrainConfig, mesh: Mesh,
                      total_steps: int) -> tuple[Callable[..., Any], TrainState]:
-  """(the jitted, donating train step, a fresh state on `mesh` for an M-step of `total_steps` from `params`)."""
+  """(the jitted, donating train step, a fresh state on `mesh` for an M-step of `total_steps` from `params`).
+
+  With LoRA the state trains fresh adapters (seeded by `config.seed`) over `params`, frozen.
+  """
   tx = make_optimizer(config)
-  step_fn, state_shardings = jit_train_step(cfg, tx, config.loss_factory(), mesh)
-  # A fresh copy: the caller's params (the base model) stay valid although the train state is donated.
-  params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=state_shardings.params)(params)
+  lora = config.lora()
+  step_fn, state_shardings = jit_train_step(cfg, tx, config.loss_factory(), mesh, lora)
+  # Fresh copies: the caller's params (the base model) stay valid although the train state is donated.
+  copy = lambda tree, shardings: jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings)(tree)
+  if lora is None:
+    frozen, params = None, copy(params, state_shardings.params)
+  else:
+    frozen = lora_lib.quantize_base(cfg, lora, params, mesh)  # A quantised base is new arrays already.
+    if lora.base_quant == "none":
+      frozen = copy(frozen, state_shardings.frozen)
+    params = lora_lib.init_adapters(cfg, lora, mesh, jax.random.key(config.seed))
   replicated = sharding.replicated(mesh)
   opt_state = jax.jit(lambda p, n: with_total_steps(tx.init(p), n), out_shardings=state_shardings.opt_state)(
       params, distributed.host_to_global(np.asarray(total_steps, np.int32), replicated))
   step0 = distributed.host_to_global(np.asarray(0, np.int32), replicated)
   return step_fn, TrainState(step=step0, params=params, opt_state=opt_state, cfg=cfg, tx=tx,
-                             loss_factory=state_shardings.loss_factory)
+                             loss_factory=state_shardings.loss_factory, frozen=frozen)
 
 
 @dataclasses.dataclass
 class FinetuneResult:
-  params: Any  # The best parameters on the validation metric (the last ones when there is no validation).
+  params: Any  # The best parameters on the validation metric (the last ones when there is no validation); merged.
   best_step: int
   best_val: float | None
   steps: int
   tokens: int
   history: list[dict[str, float]]  # One entry per evaluation: step, loss, val.
+  adapters: Any = None  # With LoRA, the adapters of `params` (`lora.merge(base, adapters)`); None without.
 
 
 # A mean loss this many times the first step's at an evaluation is reported as diverging.
@@ -223,7 +264,11 @@ def _batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig, config: TrainConfig, mesh: Mesh,
              val_fn: Callable[[Any], float] | None = None, desc: str = "fine-tune") -> FinetuneResult:
-  """Fine-tunes a copy of `params` on `examples`; `val_fn(params) -> higher is better` picks the best step."""
+  """Fine-tunes a copy of `params` on `examples`; `val_fn(params) -> higher is better` picks the best step.
+
+  With LoRA (`config.lora_rank > 0`) fresh adapters are trained over `params` frozen; `val_fn` and the result see
+  the merged model.
+  """
   if not examples:
     raise ValueError(f"{desc}: no training examples (nothing was kept?)")
   if config.batch_rows % sharding.batch_divisor(mesh):
@@ -235,6 +280,10 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
   if config.max_steps > 0:
     total_steps = min(total_steps, config.max_steps)
   step_fn, state = init_train_state(params, cfg=cfg, config=config, mesh=mesh, total_steps=total_steps)
+  lora = config.lora()
+
+  def model_params(trained):  # The current state's base: each step donates the last one's (and aliases it).
+    return trained if lora is None else lora_lib.merge(cfg, lora, state.frozen, trained, mesh)
 
   rng = np.random.default_rng(config.seed)
   best_params, best_val, best_step = None, None, 0
@@ -246,7 +295,7 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
 
   def evaluate():
     nonlocal best_params, best_val, best_step, evals_without_gain
-    val = None if val_fn is None else float(val_fn(state.params))
+    val = None if val_fn is None else float(val_fn(model_params(state.params)))
     history.append({"step": step, "loss": float(np.mean(recent_loss)) if recent_loss else float("nan"),
                     "val": float("nan") if val is None else val})
     nonlocal warned_growth
@@ -296,5 +345,5 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
     best_params, best_step = state.params, step
   logging.info("%s: %d steps, %d tokens, %.1fs, best step %d val %s", desc, step, tokens, time.time() - t0,
                best_step, best_val)
-  return FinetuneResult(params=best_params, best_step=best_step, best_val=best_val, steps=step, tokens=tokens,
-                        history=history)
+  return FinetuneResult(params=model_params(best_params), adapters=None if lora is None else best_params,
+                        best_step=best_step, best_val=best_val, steps=step, tokens=tokens, history=history)

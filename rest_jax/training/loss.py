@@ -3,10 +3,11 @@
 Losses return a SUM over tokens plus the token count in `aux`, so gradient accumulation can divide by the token
 count of the whole step, not of each micro-batch.
 
-Two memory options reach the built-in losses as keyword arguments (`get` binds them):
+Three model options reach the built-in losses as keyword arguments (`get` binds them):
   chunk_size  > 0: the cross-entropy is computed over chunks of `chunk_size` positions, each chunk's float32 logits
               recomputed in the backward pass, so B x T x V logits never exist at once (only B x chunk_size x V);
-  remat       the model's per-block rematerialisation policy (`transformer.REMAT_POLICIES`, or "none").
+  remat       the model's per-block rematerialisation policy (`transformer.REMAT_POLICIES`, or "none");
+  lora        a `lora.LoraConfig`: the loss takes the adapted model's whole tree (`lora.combine(base, adapters)`).
 
 Shape letters: B rows, T tokens, C chunks, c positions per chunk (T = C x c), D model dimension, V vocabulary.
 """
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 
 from rest_jax.model import transformer
 from rest_jax.model.transformer import ModelConfig, Transformer, causal_mask
+from rest_jax.training import lora as lora_lib
 
 LossFn = Callable[[Any], tuple[jax.Array, dict[str, jax.Array]]]
 LossFactory = Callable[[ModelConfig, dict[str, jax.Array]], LossFn]
@@ -35,9 +37,9 @@ def _nll_of_logits(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array
 
 
 def token_nll(cfg: ModelConfig, params: Any, batch: dict[str, jax.Array], *, chunk_size: int = 0,
-              remat: str = "none") -> jax.Array:
+              remat: str = "none", lora: lora_lib.LoraConfig | None = None) -> jax.Array:
   """Per-token negative log-likelihood of the batch targets, NLL_BxT (see the module docstring for the options)."""
-  model = Transformer(cfg, remat=remat)
+  model = Transformer(cfg, remat=remat) if lora is None else lora_lib.model(cfg, lora, remat)
   args = (batch["tokens"], batch["positions"], causal_mask(batch["segment_ids"]))
   if chunk_size <= 0:
     logits_BxTxV, _ = model.apply({"params": params}, *args)
@@ -73,14 +75,14 @@ def chunked_nll(cfg: ModelConfig, params: Any, x_BxTxD: jax.Array, targets_BxT: 
 
 
 def weighted_nll(cfg: ModelConfig, batch: dict[str, jax.Array], *, chunk_size: int = 0,
-                 remat: str = "none") -> LossFn:
+                 remat: str = "none", lora: lora_lib.LoraConfig | None = None) -> LossFn:
   """ReST-EM's M-step objective: sum over completion tokens of reward x NLL (prompt tokens carry no loss).
 
   With binary rewards every kept sample has weight 1 and this is plain SFT on the kept samples.
   """
 
   def loss_fn(params):
-    nll_BxT = token_nll(cfg, params, batch, chunk_size=chunk_size, remat=remat)
+    nll_BxT = token_nll(cfg, params, batch, chunk_size=chunk_size, remat=remat, lora=lora)
     mask_BxT = batch["loss_mask"]
     loss_sum = jnp.sum(jnp.where(mask_BxT, batch["weights"] * nll_BxT, 0.0))
     return loss_sum, {"tokens": jnp.sum(mask_BxT), "nll_sum": jnp.sum(jnp.where(mask_BxT, nll_BxT, 0.0))}
@@ -91,8 +93,9 @@ def weighted_nll(cfg: ModelConfig, batch: dict[str, jax.Array], *, chunk_size: i
 LOSSES: dict[str, LossFactory] = {"weighted_nll": weighted_nll}
 
 
-def get(name: str, *, chunk_size: int = 0, remat: str = "none") -> LossFactory:
-  """The factory registered as `name`, with the memory options bound when they are not the defaults.
+def get(name: str, *, chunk_size: int = 0, remat: str = "none",
+        lora: lora_lib.LoraConfig | None = None) -> LossFactory:
+  """The factory registered as `name`, with the model options bound when they are not the defaults.
 
   The same settings give the same object, so train steps built for them share one compilation.
   """
@@ -101,11 +104,11 @@ def get(name: str, *, chunk_size: int = 0, remat: str = "none") -> LossFactory:
   if chunk_size < 0:
     raise ValueError(f"train.loss_chunk_size must be >= 0 (0 = the plain loss), got {chunk_size}")
   transformer.check_remat(remat)
-  if chunk_size == 0 and remat == "none":
+  if chunk_size == 0 and remat == "none" and lora is None:
     return LOSSES[name]
-  return _bound(LOSSES[name], chunk_size, remat)
+  return _bound(LOSSES[name], chunk_size, remat, lora)
 
 
 @functools.lru_cache(maxsize=32)
-def _bound(factory: LossFactory, chunk_size: int, remat: str) -> LossFactory:
-  return functools.partial(factory, chunk_size=chunk_size, remat=remat)
+def _bound(factory: LossFactory, chunk_size: int, remat: str, lora: lora_lib.LoraConfig | None) -> LossFactory:
+  return functools.partial(factory, chunk_size=chunk_size, remat=remat, lora=lora)

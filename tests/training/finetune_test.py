@@ -276,4 +276,5 @@ def test_train_config_validates_the_memory_options():
     TrainConfig(loss_chunk_size=-2)
   with pytest.raises(ValueError, match="train.remat"):
     TrainConfig(remat="everything")
-  assert TrainConfig(remat="full", loss_chunk_size=64).loss_factory().keywords == {"chunk_size": 64, "remat": "full"}
+  assert TrainConfig(remat="full", loss_chunk_size=64).loss_factory().keywords == {"chunk_size": 64, "remat": "full",
+                                                                               "lora": None}

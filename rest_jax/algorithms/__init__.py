@@ -76,3 +76,5 @@ def blocks() -> dict[str, Algorithm]:
 from rest_jax.algorithms import rest_em  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
 from rest_jax.algorithms import rest  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
 from rest_jax.algorithms import sft_human  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
+from rest_jax.algorithms import grpo  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
+from rest_jax.algorithms import star  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position

@@ -8,7 +8,8 @@ Arguments after the colon select a mode: "" (the full demo), "smoke" (tiny sizes
 Gulcehre et al.: Improve steps with rising reward thresholds on a scalar reward), "scalar" (ReST-EM weighting the
 loss by the partial-credit reward), "grpo" (online RL, GRPO-style, at ReST-EM's sampling budget per iteration:
 rest_jax/algorithms/grpo.py), "star" (STaR with rationalisation: rest_jax/algorithms/star.py), and "grpo_smoke",
-"star_smoke" (their tiny versions).
+"star_smoke" (their tiny versions), "adaptive" (ReST-EM with the adaptive E-step: the same sampling budget in 4
+rounds, a problem stops at `cap` distinct rewarded samples, at most 32 per problem).
 """
 
 import ml_collections
@@ -17,7 +18,8 @@ from rest_jax import config_files
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  mode = config_files.mode(arg, __file__, ("full", "smoke", "rest", "scalar", "grpo", "grpo_smoke", "star", "star_smoke"))
+  mode = config_files.mode(arg, __file__, ("full", "smoke", "rest", "scalar", "grpo", "grpo_smoke", "star", "star_smoke",
+                                             "adaptive"))
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.title = "ReST-EM on embedded multi-step arithmetic"
@@ -81,6 +83,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rest.improve_thresholds = (0.0, 0.5, 0.9)
   c.rest.mix_human = True  # Original ReST: human-written solutions mixed into every Improve step.
   c.rest.sft_human_baseline = True  # Also train and evaluate SFT on the human-written solutions.
+  # The E-step's budget is num_train x samples_per_problem. rounds = 1: every problem draws samples_per_problem (the
+  # paper). rounds > 1, adaptive: sampled in rounds; a problem stops once it has `cap` distinct rewarded samples, and
+  # the budget it no longer needs goes to the unsolved ones, up to max_samples_per_problem (0: no maximum).
+  c.rest.estep = ml_collections.ConfigDict(dict(rounds=1, max_samples_per_problem=0))
 
   # The M-step (rest_jax/training/finetune.py: TrainConfig).
   c.train = ml_collections.ConfigDict(dict(
@@ -130,6 +136,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rest.algorithm = "rest"
     c.task.kwargs.reward = "arithmetic_steps"
     c.rest.num_iterations = 2
+  elif mode == "adaptive":
+    c.rest.estep.update(rounds=4, max_samples_per_problem=32)
   elif mode == "scalar":
     c.task.kwargs.reward = "arithmetic_steps"
   return c

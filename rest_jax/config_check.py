@@ -132,6 +132,8 @@ RULES: dict[str, Rule] = {
     "rest.improve_thresholds": Rule(_NUMBER, each=True, nonempty=True),
     "rest.mix_human": _BOOL,
     "rest.sft_human_baseline": _BOOL,
+    "rest.estep.rounds": _count(),  # 1: fixed N per problem (the paper); > 1: the adaptive E-step.
+    "rest.estep.max_samples_per_problem": _count(0),  # Adaptive only; 0: no maximum but the budget.
     "train.learning_rate": Rule(_NUMBER, low=0, open_low=True),
     "train.lr_schedule": Rule((str,), choices=lambda: finetune.LR_SCHEDULES),
     "train.warmup_steps": _count(0),

@@ -66,7 +66,7 @@ _RESULT_NEUTRAL_FIELDS = ("title", "sampler.reward_workers", "report.")
 
 
 # Fields added since, with the value every run before them had: a workdir from before them resumes at that value.
-_ADDED_FIELDS = {"train.lora_rank": 0, "train.lora_alpha": 16.0,
+_ADDED_FIELDS = {"rest.estep.rounds": 1, "rest.estep.max_samples_per_problem": 0, "train.lora_rank": 0, "train.lora_alpha": 16.0,
                  "train.lora_modules": ["q", "k", "v", "o", "gate", "up", "down"], "train.lora_base_quant": "none"}
 
 
@@ -328,26 +328,76 @@ class Experiment:
     sampler = sampler or self.sampler
     c = self.config.rest
 
-    def compute():
-      todo = list(self.task.split("train")) if problems is None else list(problems)
-      seed = _seed(self.config, method, iteration, stage)
+    def draw(todo, n, seed, desc):
       scored = generation.generate_and_score(
-          sampler, params, todo, reward=self.task.reward, num_samples=num_samples or c.samples_per_problem,
+          sampler, params, todo, reward=self.task.reward, num_samples=n,
           strategy=strategies.make(c.temperature, c.top_k, c.top_p), max_new_tokens=self.config.sampler.max_new_tokens,
           seed=seed, stop_strings=self.task.stop_strings, workers=self.config.sampler.reward_workers,
-          desc=f"{method} it{iteration} {'E-step' if stage == 'estep' else stage}", with_logprobs=True,
+          desc=desc, with_logprobs=True,
           sample_prompts=None if sample_prompt is None else [sample_prompt(p) for p in todo])
       samples = [selection.Sample(problem_id=p.id, prompt=p.prompt, completion=comp, reward=float(r),
                                   iteration=iteration, completion_ids=s.ids, logprobs=s.logprobs)
                  for p, comps, rs, row in zip(todo, scored.completions, scored.rewards, scored.sampled)
                  for comp, r, s in zip(comps, rs, row)]
+      return samples, scored.sampled_tokens
+
+    def compute():
+      todo = list(self.task.split("train")) if problems is None else list(problems)
+      seed = _seed(self.config, method, iteration, stage)
+      n = num_samples or c.samples_per_problem
+      desc = f"{method} it{iteration} {'E-step' if stage == 'estep' else stage}"
+      if c.estep.rounds == 1:  # Fixed N per problem, as the paper.
+        samples, sampled_tokens = draw(todo, n, seed, desc)
+        extra = {}
+      else:
+        samples, sampled_tokens, extra = self._adaptive_draw(todo, n, seed, desc, draw)
       samples = selection.keep(samples, cap=c.cap, threshold=c.reward_threshold, seed=seed)
       stats = selection.selection_stats(samples, threshold=c.reward_threshold)
-      return samples, {**{k: stats[k] for k in ("generated", "rewarded", "kept", "solve_rate")},
-                       "sampled_tokens": scored.sampled_tokens}
+      return samples, {**{k: stats[k] for k in ("generated", "rewarded", "kept", "solve_rate", "problems_with_kept")},
+                       "sampled_tokens": sampled_tokens, **extra}
 
     return self.stages.run(method, iteration, stage, load=lambda: self._read_samples(path), compute=compute,
                            save=lambda samples: _write_samples(path, samples))
+
+  def _adaptive_draw(self, todo, n: int, seed: int, desc: str, draw) -> tuple[list[selection.Sample], int, dict]:
+    """The adaptive E-step (`rest.estep.rounds` > 1): the fixed E-step's budget (len(todo) x n samples) spent in
+    rounds. A problem leaves once it has `rest.cap` distinct rewarded completions or has drawn
+    `rest.estep.max_samples_per_problem` (0: no maximum); each round gives every problem still in the same share of
+    the budget left, spread over the rounds left, so what solved problems no longer need goes to the unsolved ones.
+    Each sample records its round and its problem's running pass rate after that round."""
+    c = self.config.rest
+    budget, most = len(todo) * n, c.estep.max_samples_per_problem
+    drawn = {p.id: 0 for p in todo}
+    rewarded = {p.id: 0 for p in todo}
+    distinct: dict[str, set[str]] = {p.id: set() for p in todo}
+    samples: list[selection.Sample] = []
+    sampled_tokens, rounds_run = 0, 0
+    for r in range(c.estep.rounds):
+      active = [p for p in todo if len(distinct[p.id]) < c.cap and (most == 0 or drawn[p.id] < most)]
+      left = budget - len(samples)
+      if not active or left <= 0:
+        break
+      share = max(1, left // (len(active) * (c.estep.rounds - r)))
+      quota = {p.id: share if most == 0 else min(share, most - drawn[p.id]) for p in active}
+      while sum(quota.values()) > left:  # The last of the budget: the first problems in order get it.
+        active = active[:-1]
+        quota = {p.id: quota[p.id] for p in active}
+      rounds_run += 1
+      for q in sorted(set(quota.values())):  # One call per sample count (a static shape of the decode loop).
+        group = [p for p in active if quota[p.id] == q]
+        found, tokens = draw(group, q, _seed(self.config, seed, "round", r, q), f"{desc} round {r + 1}")
+        sampled_tokens += tokens
+        for sample in found:
+          drawn[sample.problem_id] += 1
+          if sample.reward > c.reward_threshold:
+            rewarded[sample.problem_id] += 1
+            distinct[sample.problem_id].add(selection.dedup_key(sample.completion))
+        samples.extend(dataclasses.replace(x, round=r + 1) for x in found)
+      samples = [x if x.round != r + 1 else dataclasses.replace(
+          x, pass_rate=rewarded[x.problem_id] / drawn[x.problem_id]) for x in samples]
+    order = {p.id: i for i, p in enumerate(todo)}
+    samples.sort(key=lambda x: order[x.problem_id])  # Stable: by problem, then round, as a fixed E-step lists them.
+    return samples, sampled_tokens, {"rounds": rounds_run, "max_drawn": max(drawn.values(), default=0)}
 
   def _read_samples(self, path: pathlib.Path) -> list[selection.Sample] | None:
     """The samples at `path`; None when there are none, or when the file is damaged (truncated, bad bytes), which

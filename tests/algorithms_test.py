@@ -202,3 +202,52 @@ def test_star_rationalises_with_the_hint_and_never_trains_on_it(tmp_path, monkey
   assert len(trained) == min(c.rest.cap, c.rest.samples_per_problem) * len(train_split)
   assert all(hint not in tok.decode(list(e.prompt_ids)) for e in trained)
   assert {tok.decode(list(e.prompt_ids)).strip() for e in trained} == {p.prompt.strip() for p in train_split}
+
+
+@pytest.mark.parametrize("most", [0, 10])
+def test_the_adaptive_estep_moves_the_budget_to_unsolved_problems(tmp_path, monkeypatch, most):
+  """Rounds: a problem with `cap` distinct rewarded samples stops; the budget it leaves goes to the others, up to
+  `max_samples_per_problem`; the fixed E-step's budget is never exceeded; rounds and running pass rates are in the
+  samples file."""
+  import collections  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from rest_jax import generation, reporting  # pylint: disable=g-import-not-at-top
+  from rest_jax.sampling import Completion  # pylint: disable=g-import-not-at-top
+
+  c = _config()
+  c.rest.update(samples_per_problem=6, cap=1)
+  c.rest.estep.update(rounds=3, max_samples_per_problem=most)
+  calls = []
+
+  def generate_and_score(sampler, params, problems, *, num_samples, seed, **kw):
+    if "E-step" in kw["desc"]:
+      calls.append((len(problems), num_samples, seed))
+    # Problems whose index is divisible by 3 are always solved; the others never.
+    solved = [int(p.id.split("/")[-1]) % 3 == 0 for p in problems]
+    rewards = np.array([[float(s)] * num_samples for s in solved], np.float32)
+    texts = [[f"{p.id} {seed} {j}" for j in range(num_samples)] for p in problems]
+    return generation.Scored(completions=texts, rewards=rewards, sampled=[
+        [Completion(ids=(1, 2, 3), logprobs=None, ended=True, text=t) for t in row] for row in texts])
+
+  monkeypatch.setattr(generation, "generate_and_score", generate_and_score)
+  monkeypatch.setattr(generation, "evaluate", lambda *a, **k: {"pass@1": 0.0, "num_problems": 1})
+  experiment.run(c, tmp_path)
+
+  samples = selection.read_jsonl(tmp_path / "samples/rest_em/iteration_1.jsonl.gz")
+  num_train, budget = c.task.kwargs.num_train, c.task.kwargs.num_train * 6
+  drawn = collections.Counter(s.problem_id for s in samples)
+  assert len(drawn) == num_train and len(samples) <= budget
+  solved = {s.problem_id for s in samples if s.reward > 0}
+  assert solved and all(drawn[p] == 2 for p in solved)  # Round 1 (6 / 3 rounds) solved them; they stopped there.
+  unsolved = [p for p in drawn if p not in solved]
+  assert all(drawn[p] > 6 for p in unsolved)  # They got the budget the solved problems left.
+  if most:
+    assert max(drawn.values()) <= most
+  assert {s.round for s in samples} == {1, 2, 3} and all(s.round == 1 for s in samples if s.problem_id in solved)
+  assert all(s.pass_rate == (1.0 if s.problem_id in solved else 0.0) for s in samples)
+  assert sum(1 for s in samples if s.kept) == len(solved)  # cap = 1.
+  stage = next(r for r in reporting.MetricsLog(tmp_path).stages() if r["stage"] == "estep")
+  assert stage["rounds"] == 3 and stage["generated"] == len(samples) and stage["problems_with_kept"] == len(solved)
+  assert stage["sampled_tokens"] == 3 * len(samples)
+  assert len(calls) == 3 and len({seed for _, _, seed in calls}) == 3  # Each round draws with its own seed.
+  assert calls[0] == (num_train, 2, calls[0][2])  # Round 1: a third of the fixed budget for every problem.

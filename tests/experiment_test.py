@@ -109,8 +109,8 @@ class _Fakes:
     monkeypatch.setattr(experiment, "train", self.train)
 
   def generate_and_score(self, sampler, params, problems, *, reward, num_samples, strategy, max_new_tokens, seed,
-                         stop_strings=(), workers=4, desc="", with_logprobs=False):
-    del sampler, reward, max_new_tokens, stop_strings, workers
+                         stop_strings=(), workers=4, desc="", with_logprobs=False, sample_prompts=None):
+    del sampler, reward, max_new_tokens, stop_strings, workers, sample_prompts
     self.samplings.append({"offset": _offset(params, self.base), "strategy": strategy, "seed": seed, "desc": desc,
                            "num_problems": len(problems)})
     # Completions repeat (the E-step drops duplicates); rewards cycle 0, 0.3, 0.6, 1.0 (scalar and binary filters).

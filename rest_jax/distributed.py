@@ -89,8 +89,7 @@ def gather_owned(values: np.ndarray) -> np.ndarray:
 
 
 def broadcast_from_primary(tree: Any) -> Any:
-  """Process 0's value of a pytree of host arrays, on every process (e.g. rewards from a timed sandbox, which may
-  differ from host to host)."""
+  """Process 0's value of a pytree of host arrays, on every process (e.g. a random token only process 0 drew)."""
   if jax.process_count() == 1:
     return tree
   return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(tree))

@@ -66,7 +66,8 @@ _RESULT_NEUTRAL_FIELDS = ("title", "sampler.reward_workers", "report.")
 
 
 # Fields added since, with the value every run before them had: a workdir from before them resumes at that value.
-_ADDED_FIELDS = {"rest.estep.rounds": 1, "rest.estep.max_samples_per_problem": 0, "train.lora_rank": 0, "train.lora_alpha": 16.0,
+_ADDED_FIELDS = {"rest.estep.rounds": 1, "rest.estep.max_samples_per_problem": 0,
+                 "train.lora_rank": 0, "train.lora_alpha": 16.0,
                  "train.lora_modules": ["q", "k", "v", "o", "gate", "up", "down"], "train.lora_base_quant": "none"}
 
 
@@ -265,7 +266,8 @@ class Experiment:
       return {r["split"]: r for r in self.log.evals() if (r["method"], r["iteration"]) == (method, iteration)}
 
     def load():
-      if any(s not in recorded() for s in c.splits):
+      done = recorded()
+      if any(s not in done for s in c.splits):
         return None
       if not self.stages.done(method, iteration, "eval"):
         # Killed after the last split's record: the evaluation is complete, its wall time is lost.
@@ -382,7 +384,7 @@ class Experiment:
       while sum(quota.values()) > left:  # The last of the budget: the first problems in order get it.
         active = active[:-1]
         quota = {p.id: quota[p.id] for p in active}
-      rounds_run += 1
+      rounds_run, start = rounds_run + 1, len(samples)
       for q in sorted(set(quota.values())):  # One call per sample count (a static shape of the decode loop).
         group = [p for p in active if quota[p.id] == q]
         found, tokens = draw(group, q, _seed(self.config, seed, "round", r, q), f"{desc} round {r + 1}")
@@ -393,8 +395,8 @@ class Experiment:
             rewarded[sample.problem_id] += 1
             distinct[sample.problem_id].add(selection.dedup_key(sample.completion))
         samples.extend(dataclasses.replace(x, round=r + 1) for x in found)
-      samples = [x if x.round != r + 1 else dataclasses.replace(
-          x, pass_rate=rewarded[x.problem_id] / drawn[x.problem_id]) for x in samples]
+      samples[start:] = [dataclasses.replace(x, pass_rate=rewarded[x.problem_id] / drawn[x.problem_id])
+                         for x in samples[start:]]
     order = {p.id: i for i, p in enumerate(todo)}
     samples.sort(key=lambda x: order[x.problem_id])  # Stable: by problem, then round, as a fixed E-step lists them.
     return samples, sampled_tokens, {"rounds": rounds_run, "max_drawn": max(drawn.values(), default=0)}

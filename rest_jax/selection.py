@@ -70,12 +70,9 @@ class Sample:
 
   def to_json(self) -> dict[str, Any]:
     """Returns a dict of JSON-serialisable fields (ids and log-probabilities only when present)."""
-    record = dataclasses.asdict(self)
-    for name in ("completion_ids", "logprobs", "round", "pass_rate"):
-      if record[name] is None:
-        del record[name]
-      elif name in ("completion_ids", "logprobs"):
-        record[name] = list(record[name])
+    record = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+    if self.completion_ids is not None:
+      record["completion_ids"] = list(self.completion_ids)
     if self.logprobs is not None:
       record["logprobs"] = [round(float(x), 6) for x in self.logprobs]
     return record
@@ -127,7 +124,7 @@ class Sample:
     if logprobs is not None and not (isinstance(logprobs, list) and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) for x in logprobs)
                                      and ids is not None and len(logprobs) == len(ids)):
-      raise ValueError("Sample.from_json: logprobs must be numbers, one per completion id"[:200])
+      raise ValueError("Sample.from_json: logprobs must be numbers, one per completion id")
     return cls(
         problem_id=record["problem_id"],
         prompt=record["prompt"],
@@ -151,10 +148,6 @@ def _optional_number(record: dict[str, Any], name: str, types) -> Any:
 
 def dedup_key(completion: str) -> str:
   """What makes two completions of a problem the same one to `keep`."""
-  return _dedup_key(completion)
-
-
-def _dedup_key(completion: str) -> str:
   # Trailing whitespace differs between otherwise identical generations
   # (stop-token handling), and never changes what is learned.
   return completion.rstrip()
@@ -183,7 +176,7 @@ def _first_eligible_copies(
   for index in indices:
     sample = samples[index]
     if sample.reward > threshold:
-      first.setdefault(_dedup_key(sample.completion), index)
+      first.setdefault(dedup_key(sample.completion), index)
   return first
 
 

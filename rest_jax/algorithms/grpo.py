@@ -97,7 +97,7 @@ def run(exp) -> None:
     def compute(it=it, start=policy):
       update, state = grpo_lib.make_update(
           start, cfg=exp.cfg, train_config=dataclasses.replace(train_config, seed=exp.seed(method, it, "m")),
-          grpo_config=config, mesh=exp.mesh, total_steps=1 << 30)
+          grpo_config=config, mesh=exp.mesh, total_steps=1 << 30)  # Constant after warmup: no end to schedule.
       samples, sums = [], {"sampled_tokens": 0, "updates": 0, "update_tokens": 0, "clip_frac": 0.0, "kl": 0.0}
       for b in range(g.batches_per_iteration):
         first = ((it - 1) * g.batches_per_iteration + b) * g.prompts_per_batch
@@ -107,8 +107,8 @@ def run(exp) -> None:
             exp.sampler, params, batch_problems, reward=exp.task.reward, num_samples=g.samples_per_prompt,
             strategy=strategies.Sampling(temperature=g.temperature), max_new_tokens=exp.config.sampler.max_new_tokens,
             seed=exp.seed(method, it, "rollout", b), stop_strings=exp.task.stop_strings,
-            workers=exp.config.sampler.reward_workers, desc=f"{method} it{it} rollouts {b + 1}/{g.batches_per_iteration}",
-            with_logprobs=True)
+            workers=exp.config.sampler.reward_workers, with_logprobs=True,
+            desc=f"{method} it{it} rollouts {b + 1}/{g.batches_per_iteration}")
         sums["sampled_tokens"] += scored.sampled_tokens
         advantages_PxN = grpo_lib.group_advantages(scored.rewards, norm=g.advantage_norm)
         rollouts = []

@@ -193,7 +193,7 @@ class Sampler:
     """
     for idx, rows in self.iter_sampled(params, prompt_ids, num_samples=num_samples, strategy=strategy,
                                        max_new_tokens=max_new_tokens, seed=seed, stop_sequences=stop_sequences):
-      yield idx, [[list(c.ids[:-1] if c.ended else c.ids) for c in row] for row in rows]
+      yield idx, [[list(c.content_ids) for c in row] for row in rows]
 
   def iter_sampled(self, params: Any, prompt_ids: Sequence[Sequence[int]], *, num_samples: int, strategy: Strategy,
                    max_new_tokens: int, seed: int, stop_sequences: Sequence[Sequence[int]] = (),
@@ -267,7 +267,7 @@ class Sampler:
     for idx, rows in self.iter_sampled(params, encoded, num_samples=num_samples, strategy=strategy,
                                        max_new_tokens=max_new_tokens, seed=seed, stop_sequences=stop_sequences,
                                        with_logprobs=with_logprobs):
-      yield idx, [[Completion(text=_truncate(tok.decode(c.ids[:-1] if c.ended else c.ids), stop_strings),
+      yield idx, [[Completion(text=_truncate(tok.decode(c.content_ids), stop_strings),
                               ids=c.ids, logprobs=c.logprobs, ended=c.ended) for c in row] for row in rows]
 
   def sample(self, params: Any, prompts: Sequence[str], **kwargs) -> list[list[str]]:
@@ -287,6 +287,11 @@ class Sampled:
   ids: tuple[int, ...]
   logprobs: tuple[float, ...] | None
   ended: bool  # Ended by an end id (the last of `ids`); otherwise by a stop sequence or the token budget.
+
+  @property
+  def content_ids(self) -> tuple[int, ...]:
+    """`ids` without the end id."""
+    return self.ids[:-1] if self.ended else self.ids
 
 
 @dataclasses.dataclass(frozen=True)

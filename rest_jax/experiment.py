@@ -124,13 +124,20 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def base_path(config: ml_collections.ConfigDict) -> str:
+  """Where the base model of `config` is read from: `base.checkpoint`, a shipped base named bare resolved under
+  rest_jax/assets ("arithmetic_base_small"), or the task's shipped base when it is empty."""
+  path = config.base.checkpoint or DEFAULT_BASE.get(config.task.name, "")
+  if path and "/" not in path and os.path.isdir(_asset(path)):
+    path = _asset(path)
+  return path
+
+
 def _load_base(config: ml_collections.ConfigDict, mesh: Any
                ) -> tuple[ModelConfig, Any, tokenizers.Tokenizer, tuple[int, ...]]:
   """The base model (a rest_jax (Orbax) checkpoint, a Hugging Face checkpoint directory, or a GGUF file), its
   tokenizer and the ids that end a completion (instruct models have several: end of text and end of turn)."""
-  path = config.base.checkpoint or DEFAULT_BASE.get(config.task.name, "")
-  if path and "/" not in path and os.path.isdir(_asset(path)):  # A shipped base named bare: "arithmetic_base_small".
-    path = _asset(path)
+  path = base_path(config)
   if path.endswith(".gguf") or os.path.isfile(os.path.join(path, "config.json")):
     from rest_jax import models  # pylint: disable=g-import-not-at-top  (pretrained-model readers load lazily)
 

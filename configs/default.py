@@ -6,7 +6,10 @@
 
 Arguments after the colon select a mode: "" (the full demo), "smoke" (tiny sizes), "rest" (the original ReST of
 Gulcehre et al.: Improve steps with rising reward thresholds on a scalar reward), "scalar" (ReST-EM weighting the
-loss by the partial-credit reward).
+loss by the partial-credit reward), "grpo" (online RL, GRPO-style, at ReST-EM's sampling budget per iteration:
+rest_jax/algorithms/grpo.py), "star" (STaR with rationalisation: rest_jax/algorithms/star.py), and "grpo_smoke",
+"star_smoke" (their tiny versions), "adaptive" (ReST-EM with the adaptive E-step: the same sampling budget in 4
+rounds, a problem stops at `cap` distinct rewarded samples, at most 32 per problem).
 """
 
 import ml_collections
@@ -15,7 +18,8 @@ from rest_jax import config_files
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  mode = config_files.mode(arg, __file__, ("full", "smoke", "rest", "scalar"))
+  mode = config_files.mode(arg, __file__, ("full", "smoke", "rest", "scalar", "grpo", "grpo_smoke", "star", "star_smoke",
+                                             "adaptive"))
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.title = "ReST-EM on embedded multi-step arithmetic"
@@ -79,6 +83,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rest.improve_thresholds = (0.0, 0.5, 0.9)
   c.rest.mix_human = True  # Original ReST: human-written solutions mixed into every Improve step.
   c.rest.sft_human_baseline = True  # Also train and evaluate SFT on the human-written solutions.
+  # The E-step's budget is num_train x samples_per_problem. rounds = 1: every problem draws samples_per_problem (the
+  # paper). rounds > 1, adaptive: sampled in rounds; a problem stops once it has `cap` distinct rewarded samples, and
+  # the budget it no longer needs goes to the unsolved ones, up to max_samples_per_problem (0: no maximum).
+  c.rest.estep = ml_collections.ConfigDict(dict(rounds=1, max_samples_per_problem=0))
 
   # The M-step (rest_jax/training/finetune.py: TrainConfig).
   c.train = ml_collections.ConfigDict(dict(
@@ -112,14 +120,46 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.report.wandb_entity = ""  # W&B entity (user or team); "" = your default.
   c.report.wandb_mode = "offline"  # "offline" (WORKDIR/wandb/, no network; `wandb sync` later), "online", "disabled".
 
-  if mode == "smoke":
+  if mode in ("smoke", "grpo_smoke", "star_smoke"):
     smoke(c)
+  if mode in ("star", "star_smoke"):
+    c.rest.algorithm = "star"
+    c.star = ml_collections.ConfigDict(dict(
+        hint=" The answer is {answer}.",  # Before the prompt's trailing newline: "Compute 3+4. The answer is 7.\n".
+        answer_field="answer",  # The problem field the hint gives away.
+        rationalization_samples=c.rest.samples_per_problem))
+  if mode in ("grpo", "grpo_smoke"):
+    grpo(c)
+  if mode == "grpo_smoke":  # Every path of the update: two batches, a second (off-policy) pass, the KL term.
+    c.grpo.update(prompts_per_batch=12, batches_per_iteration=2, updates_per_batch=2, kl_coef=0.05)
   elif mode == "rest":
     c.rest.algorithm = "rest"
     c.task.kwargs.reward = "arithmetic_steps"
     c.rest.num_iterations = 2
+  elif mode == "adaptive":
+    c.rest.estep.update(rounds=4, max_samples_per_problem=32)
   elif mode == "scalar":
     c.task.kwargs.reward = "arithmetic_steps"
+  return c
+
+
+def grpo(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Online RL instead of ReST-EM: each iteration samples as many completions as a ReST-EM E-step (train problems x
+  rest.samples_per_problem), in batches of prompts_per_batch x samples_per_prompt, each followed by updates."""
+  c.rest.algorithm = "grpo"
+  c.rest.sft_human_baseline = False
+  samples = c.task.kwargs.num_train * c.rest.samples_per_problem
+  c.grpo = ml_collections.ConfigDict(dict(
+      prompts_per_batch=min(64, c.task.kwargs.num_train),
+      samples_per_prompt=c.rest.samples_per_problem,  # The group of each prompt.
+      batches_per_iteration=1,  # Set below: ReST-EM's E-step budget.
+      updates_per_batch=1,  # > 1: the later passes are off-policy and the clipping matters.
+      learning_rate=3e-4,
+      temperature=1.0,  # Sampling at the policy itself: its log-probabilities are the ratio's denominator.
+      clip_eps=0.2, clip_eps_high=0.0,  # 0: the same as clip_eps.
+      kl_coef=0.0,  # > 0: a k3 KL penalty to the base per token.
+      advantage_norm="std", loss_norm="token"))
+  c.grpo.batches_per_iteration = max(1, samples // (c.grpo.prompts_per_batch * c.grpo.samples_per_prompt))
   return c
 
 

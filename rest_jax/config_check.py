@@ -87,9 +87,15 @@ def _mesh_axis(value: int) -> str | None:
 
 
 def _algorithms() -> list[str]:
-  from rest_jax import experiment  # pylint: disable=g-import-not-at-top  (experiment imports this module)
+  from rest_jax import algorithms  # pylint: disable=g-import-not-at-top  (algorithms' rules import this module)
 
-  return sorted(experiment.ALGORITHMS)
+  return algorithms.names()
+
+
+def _algorithm_blocks() -> dict[str, Any]:
+  from rest_jax import algorithms  # pylint: disable=g-import-not-at-top
+
+  return algorithms.blocks()
 
 
 _STR, _BOOL, _INT = Rule((str,)), Rule((bool,)), Rule((int,))
@@ -126,6 +132,8 @@ RULES: dict[str, Rule] = {
     "rest.improve_thresholds": Rule(_NUMBER, each=True, nonempty=True),
     "rest.mix_human": _BOOL,
     "rest.sft_human_baseline": _BOOL,
+    "rest.estep.rounds": _count(),  # 1: fixed N per problem (the paper); > 1: the adaptive E-step.
+    "rest.estep.max_samples_per_problem": _count(0),  # Adaptive only; 0: no maximum but the budget.
     "train.learning_rate": Rule(_NUMBER, low=0, open_low=True),
     "train.lr_schedule": Rule((str,), choices=lambda: finetune.LR_SCHEDULES),
     "train.warmup_steps": _count(0),
@@ -203,14 +211,25 @@ def _check_task_kwargs(field_prefix: str, task_name: str, kwargs: Mapping[str, A
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises `errors.UsageError` naming the first field of `config` that is missing, unknown or out of range."""
   values = _flat(config.to_dict())
+  # An algorithm's own block (`algorithms.register(..., block=, rules=)`) is needed when it is selected and checked
+  # whenever present.
+  blocks = _algorithm_blocks()
+  chosen = values.get("rest.algorithm")
+  rules = dict(RULES)
+  for block, algorithm in blocks.items():
+    if algorithm.name == chosen or any(f.startswith(f"{block}.") for f in values):
+      rules.update(algorithm.rules)
   for field, value in values.items():
     if field.startswith((*_FREE_PREFIXES, _TASK_KWARGS, _TASK_TRANSFER)):
       continue
-    if field not in RULES:
-      raise errors.UsageError(f"config {field}: no such field" + _suggestion(field, list(RULES)))
-  for field, rule in RULES.items():
+    if field not in rules:
+      known = list(rules) + [f for a in blocks.values() for f in a.rules]
+      raise errors.UsageError(f"config {field}: no such field" + _suggestion(field, known))
+  for field, rule in rules.items():
     if field not in values:
-      raise errors.UsageError(f"config {field}: missing (every config needs it; see configs/default.py)")
+      needed = next((f"algorithm {a.name!r} needs it" for b, a in blocks.items() if field.startswith(f"{b}.")),
+                    "every config needs it")
+      raise errors.UsageError(f"config {field}: missing ({needed}; see configs/default.py)")
     if (problem := rule.problem(values[field])) is not None:
       raise _fail(field, values[field], problem)
 

@@ -23,14 +23,15 @@ import logging
 import os
 import pathlib
 import tempfile
-import time
 import zlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
+from rest_jax import algorithms
 from rest_jax import checkpoints
 from rest_jax import config_check
 from rest_jax import distributed
@@ -38,6 +39,7 @@ from rest_jax import errors
 from rest_jax import generation
 from rest_jax import reporting
 from rest_jax import selection
+from rest_jax import stages as stages_lib
 from rest_jax import tasks as tasks_lib
 from rest_jax import tokenizers
 from rest_jax.model import sharding
@@ -64,7 +66,7 @@ _RESULT_NEUTRAL_FIELDS = ("title", "sampler.reward_workers", "report.")
 
 
 # Fields added since, with the value every run before them had: a workdir from before them resumes at that value.
-_ADDED_FIELDS = {"train.lora_rank": 0, "train.lora_alpha": 16.0,
+_ADDED_FIELDS = {"rest.estep.rounds": 1, "rest.estep.max_samples_per_problem": 0, "train.lora_rank": 0, "train.lora_alpha": 16.0,
                  "train.lora_modules": ["q", "k", "v", "o", "gate", "up", "down"], "train.lora_base_quant": "none"}
 
 
@@ -124,38 +126,57 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def base_path(config: ml_collections.ConfigDict) -> str:
-  """Where the base model of `config` is read from: `base.checkpoint`, a shipped base named bare resolved under
-  rest_jax/assets ("arithmetic_base_small"), or the task's shipped base when it is empty."""
-  path = config.base.checkpoint or DEFAULT_BASE.get(config.task.name, "")
+def shipped_or_path(path: str) -> str:
+  """`path`, or the shipped base under rest_jax/assets that a bare name ("arithmetic_base_small") names."""
   if path and "/" not in path and os.path.isdir(_asset(path)):
-    path = _asset(path)
+    return _asset(path)
   return path
 
 
-def _load_base(config: ml_collections.ConfigDict, mesh: Any
+def base_path(config: ml_collections.ConfigDict) -> str:
+  """Where the base model of `config` is read from: `base.checkpoint`, or the task's shipped base when it is empty."""
+  return shipped_or_path(config.base.checkpoint or DEFAULT_BASE.get(config.task.name, ""))
+
+
+def load_model(path: str, config: ml_collections.ConfigDict, mesh: Any, *, field: str = "base.checkpoint"
                ) -> tuple[ModelConfig, Any, tokenizers.Tokenizer, tuple[int, ...]]:
-  """The base model (a rest_jax (Orbax) checkpoint, a Hugging Face checkpoint directory, or a GGUF file), its
-  tokenizer and the ids that end a completion (instruct models have several: end of text and end of turn)."""
-  path = base_path(config)
+  """A model (a rest_jax (Orbax) checkpoint, a Hugging Face checkpoint directory, or a GGUF file; a bare name is a
+  shipped base under rest_jax/assets), its tokenizer and the ids that end a completion (instruct models have several:
+  end of text and end of turn). Errors name `field`, the config field that gave `path`."""
+  path = shipped_or_path(path)
   if path.endswith(".gguf") or os.path.isfile(os.path.join(path, "config.json")):
     from rest_jax import models  # pylint: disable=g-import-not-at-top  (pretrained-model readers load lazily)
 
     lm = models.load_pretrained(path, mesh=mesh, dtype=config.base.get("dtype", "float32"))
     if lm.tokenizer is None:
-      raise errors.UserError(f"base.checkpoint: {path} has no tokenizer files (tokenizer.json, "
-                             f"tokenizer_config.json), which an experiment needs to write prompts and read samples")
+      raise errors.UserError(f"{field}: {path} has no tokenizer files (tokenizer.json, tokenizer_config.json), "
+                             f"which an experiment needs to write prompts and read samples")
     return lm.config, lm.params, lm.tokenizer, lm.require_eos_ids("an experiment")
   if not checkpoints.exists(path):
-    raise ValueError(f"base.checkpoint: no checkpoint at {path or '(none shipped for task ' + config.task.name + ')'}; give a rest_jax checkpoint (make one with "
+    shown = path or f"(none shipped for task {config.task.name})"
+    raise ValueError(f"{field}: no checkpoint at {shown}; give a rest_jax checkpoint (make one with "
                      f"`python -m rest_jax.tools.pretrain_base`), a Hugging Face directory or a .gguf file")
   cfg = ModelConfig.from_dict(checkpoints.load_metadata(path)["model_config"])
   params, _ = checkpoints.load(path, shardings=sharding.param_shardings(cfg, mesh))
   tokenizer = tokenizers.load(config.base.tokenizer or tokenizers.default_tokenizer_path(config.task.name))
   if tokenizer.vocab_size > cfg.vocab_size:
-    raise ValueError(f"base.tokenizer: {tokenizer.vocab_size} tokens do not fit the model's vocab_size "
-                     f"{cfg.vocab_size}")
+    raise ValueError(f"base.tokenizer: {tokenizer.vocab_size} tokens do not fit the vocab_size {cfg.vocab_size} "
+                     f"of {field}={path}")
   return cfg, params, tokenizer, (tokenizer.eos_id,)
+
+
+def _load_base(config: ml_collections.ConfigDict, mesh: Any
+               ) -> tuple[ModelConfig, Any, tokenizers.Tokenizer, tuple[int, ...]]:
+  """The base model of `config` (`base.checkpoint`, or the task's shipped base): see `load_model`."""
+  return load_model(base_path(config), config, mesh)
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  """A model that samples: its parameters and the sampler built for its config and tokenizer."""
+
+  params: Any
+  sampler: Sampler
 
 
 class _ChatTokenizer:
@@ -182,7 +203,8 @@ def _chat_formatted(task: tasks_lib.Task, tokenizer) -> tuple[tasks_lib.Task, An
 
 @dataclasses.dataclass
 class Experiment:
-  """Everything one run needs, built once from the config."""
+  """Everything one run needs, built once from the config, and the stages algorithms are written over
+  (`rest_jax.algorithms`): evaluate, estep, mstep, online_stage."""
 
   config: ml_collections.ConfigDict
   workdir: pathlib.Path
@@ -214,9 +236,7 @@ class Experiment:
     cfg, base_params, tokenizer, end_ids = _load_base(config, mesh)
     if config.base.get("chat", False):
       task, tokenizer = _chat_formatted(task, tokenizer)
-    sampler = Sampler(cfg, tokenizer, mesh, SamplerConfig(batch_rows=config.sampler.batch_rows,
-                                                          prompt_buckets=tuple(config.sampler.prompt_buckets)),
-                      end_ids=end_ids)
+    sampler = Sampler(cfg, tokenizer, mesh, _sampler_config(config), end_ids=end_ids)
     # Settings first used minutes into a run are checked now.
     TrainConfig(**config.train.to_dict())
     strategies.make(config.rest.temperature, config.rest.top_k, config.rest.top_p)
@@ -230,42 +250,64 @@ class Experiment:
                                                      run_config=_flat(json.loads(config.to_json())))
                    if distributed.is_primary() else None)))
 
+  def seed(self, *parts: Any) -> int:
+    """A stable seed for (the config's seed, *parts): the same in every process and on every resume."""
+    return _seed(self.config, *parts)
+
+  @property
+  def stages(self) -> stages_lib.Stages:
+    return stages_lib.Stages(self.log)
+
+  def load_policy(self, path: str, field: str = "rest.sampler_checkpoint") -> Policy:
+    """Another model that samples (a teacher), loaded like the base: Orbax, Hugging Face directory or GGUF file."""
+    cfg, params, tokenizer, end_ids = load_model(path, self.config, self.mesh, field=field)
+    if self.config.base.get("chat", False):
+      _, tokenizer = _chat_formatted(dataclasses.replace(self.task, splits={}), tokenizer)
+    return Policy(params=params, sampler=Sampler(cfg, tokenizer, self.mesh, _sampler_config(self.config),
+                                                 end_ids=end_ids))
+
   # --- Stages -------------------------------------------------------------------------------------------------
 
   def evaluate(self, params: Any, method: str, iteration: int) -> None:
     """Evaluates `params` on every configured split, unless that evaluation is already recorded."""
     c = self.config.eval
-    distributed.barrier(f"rest_jax eval {method} it{iteration}")
-    records = {r["split"]: r for r in self.log.evals() if (r["method"], r["iteration"]) == (method, iteration)}
-    todo = [s for s in c.splits if s not in records]
-    if not todo:
-      if not any((r["method"], r["iteration"], r["stage"]) == (method, iteration, "eval") for r in self.log.stages()):
+
+    def recorded():
+      return {r["split"]: r for r in self.log.evals() if (r["method"], r["iteration"]) == (method, iteration)}
+
+    def load():
+      if any(s not in recorded() for s in c.splits):
+        return None
+      if not self.stages.done(method, iteration, "eval"):
         # Killed after the last split's record: the evaluation is complete, its wall time is lost.
         self.log.append_stage({"method": method, "iteration": iteration, "stage": "eval", "wall_s": 0.0})
-      return
-    t0 = time.time()
-    base_records = {r["split"]: r for r in self.log.evals() if r["iteration"] == 0}
-    for split in todo:
-      if iteration == 0 and split in base_records:  # The base model is shared by all methods: evaluate it once.
-        record = dict(base_records[split], method=method)
-      else:
-        problems = list(self.task.split(split))
-        if split == "train":
-          problems = problems[:c.train_subset]
-        sampled = split in c.sampled_splits
-        metrics = generation.evaluate(
-            self.sampler, params, self.task.grading(split), problems, greedy_strategy=strategies.Greedy(),
-            sample_strategy=strategies.make(c.temperature, top_p=c.top_p) if sampled else None,
-            num_samples=c.num_samples, ks=tuple(c.ks), max_new_tokens=self.config.sampler.max_new_tokens,
-            seed=_seed(self.config, method, iteration, "eval", split), desc=f"{method} it{iteration} {split}")
-        record = {"method": method, "iteration": iteration, "split": split, **metrics}
-      self.log.append_eval(record)
-      records[split] = record
-    wall = time.time() - t0
-    self.log.append_stage({"method": method, "iteration": iteration, "stage": "eval", "wall_s": wall})
-    test = records.get("test")
-    reporting.log_stage(method, iteration, "eval", wall, **({"test_pass@1": test["pass@1"]} if test else {}))
-    self.report()  # Kept current, so an interrupted run has a report of what it finished.
+      return True
+
+    def compute():
+      records = recorded()
+      base_records = {r["split"]: r for r in self.log.evals() if r["iteration"] == 0}
+      for split in [s for s in c.splits if s not in records]:
+        if iteration == 0 and split in base_records:  # The base model is shared by all methods: evaluate it once.
+          record = dict(base_records[split], method=method)
+        else:
+          problems = list(self.task.split(split))
+          if split == "train":
+            problems = problems[:c.train_subset]
+          sampled = split in c.sampled_splits
+          metrics = generation.evaluate(
+              self.sampler, params, self.task.grading(split), problems, greedy_strategy=strategies.Greedy(),
+              sample_strategy=strategies.make(c.temperature, top_p=c.top_p) if sampled else None,
+              num_samples=c.num_samples, ks=tuple(c.ks), max_new_tokens=self.config.sampler.max_new_tokens,
+              seed=_seed(self.config, method, iteration, "eval", split), desc=f"{method} it{iteration} {split}")
+          record = {"method": method, "iteration": iteration, "split": split, **metrics}
+        self.log.append_eval(record)
+        records[split] = record
+      return records, {}
+
+    result = self.stages.run(method, iteration, "eval", load=load, compute=compute, shown=lambda records: (
+        {"test_pass@1": records["test"]["pass@1"]} if "test" in records else {}))
+    if result is not True:
+      self.report()  # Kept current, so an interrupted run has a report of what it finished.
 
   def val_fn(self, method: str, iteration: int):
     problems = list(self.task.split("val"))[:self.config.eval.val_size]
@@ -279,40 +321,100 @@ class Experiment:
 
     return fn
 
-  def estep(self, params: Any, method: str, iteration: int) -> list[selection.Sample]:
-    """Samples the training problems, scores and filters them; cached as JSONL."""
-    path = self.workdir / "samples" / method / f"iteration_{iteration}.jsonl.gz"
-    distributed.barrier(f"rest_jax estep {method} it{iteration}")
-    if path.exists():
-      samples = self._read_samples(path)
-      if samples is not None:
-        return samples
+  def samples_path(self, method: str, iteration: int, stage: str = "estep") -> pathlib.Path:
+    suffix = "" if stage == "estep" else f"_{stage}"
+    return self.workdir / "samples" / method / f"iteration_{iteration}{suffix}.jsonl.gz"
+
+  def estep(self, params: Any, method: str, iteration: int, *, sampler: Sampler | None = None,
+            problems: Sequence[tasks_lib.Problem] | None = None, sample_prompt: Callable[[tasks_lib.Problem], str]
+            | None = None, stage: str = "estep", num_samples: int | None = None) -> list[selection.Sample]:
+    """Samples the training problems (or `problems`) with `sampler` (default: the base's), scores and filters them;
+    cached as JSONL with each completion's sampled ids and log-probabilities.
+
+    `sample_prompt(problem)` changes the text the model is prompted with (e.g. STaR's hint); the reward and the
+    samples keep the problem's own prompt, which is what the M-step trains on. A stage other than "estep" gets its
+    own file. `num_samples` defaults to `rest.samples_per_problem`.
+    """
+    path = self.samples_path(method, iteration, stage)
+    sampler = sampler or self.sampler
     c = self.config.rest
-    t0 = time.time()
-    problems = list(self.task.split("train"))
-    seed = _seed(self.config, method, iteration, "estep")
-    scored = generation.generate_and_score(
-        self.sampler, params, problems, reward=self.task.reward, num_samples=c.samples_per_problem,
-        strategy=strategies.make(c.temperature, c.top_k, c.top_p), max_new_tokens=self.config.sampler.max_new_tokens,
-        seed=seed, stop_strings=self.task.stop_strings, workers=self.config.sampler.reward_workers,
-        desc=f"{method} it{iteration} E-step")
-    samples = [selection.Sample(problem_id=p.id, prompt=p.prompt, completion=comp, reward=float(r),
-                                iteration=iteration)
-               for p, comps, rs in zip(problems, scored.completions, scored.rewards) for comp, r in zip(comps, rs)]
-    samples = selection.keep(samples, cap=c.cap, threshold=c.reward_threshold, seed=seed)
-    stats = selection.selection_stats(samples, threshold=c.reward_threshold)
-    wall = time.time() - t0
-    # The record goes first: a kill between the two only makes the rerun redo (and re-log) this stage.
-    self.log.append_stage({"method": method, "iteration": iteration, "stage": "estep", "wall_s": wall,
-                           **{k: stats[k] for k in ("generated", "rewarded", "kept", "solve_rate")}})
-    if distributed.is_primary():
-      selection.write_jsonl(path, samples)
-    reporting.log_stage(method, iteration, "estep", wall, **{k: stats[k] for k in ("generated", "rewarded", "kept",
-                                                                                   "solve_rate")})
-    return samples
+
+    def draw(todo, n, seed, desc):
+      scored = generation.generate_and_score(
+          sampler, params, todo, reward=self.task.reward, num_samples=n,
+          strategy=strategies.make(c.temperature, c.top_k, c.top_p), max_new_tokens=self.config.sampler.max_new_tokens,
+          seed=seed, stop_strings=self.task.stop_strings, workers=self.config.sampler.reward_workers,
+          desc=desc, with_logprobs=True,
+          sample_prompts=None if sample_prompt is None else [sample_prompt(p) for p in todo])
+      samples = [selection.Sample(problem_id=p.id, prompt=p.prompt, completion=comp, reward=float(r),
+                                  iteration=iteration, completion_ids=s.ids, logprobs=s.logprobs)
+                 for p, comps, rs, row in zip(todo, scored.completions, scored.rewards, scored.sampled)
+                 for comp, r, s in zip(comps, rs, row)]
+      return samples, scored.sampled_tokens
+
+    def compute():
+      todo = list(self.task.split("train")) if problems is None else list(problems)
+      seed = _seed(self.config, method, iteration, stage)
+      n = num_samples or c.samples_per_problem
+      desc = f"{method} it{iteration} {'E-step' if stage == 'estep' else stage}"
+      if c.estep.rounds == 1:  # Fixed N per problem, as the paper.
+        samples, sampled_tokens = draw(todo, n, seed, desc)
+        extra = {}
+      else:
+        samples, sampled_tokens, extra = self._adaptive_draw(todo, n, seed, desc, draw)
+      samples = selection.keep(samples, cap=c.cap, threshold=c.reward_threshold, seed=seed)
+      stats = selection.selection_stats(samples, threshold=c.reward_threshold)
+      return samples, {**{k: stats[k] for k in ("generated", "rewarded", "kept", "solve_rate", "problems_with_kept")},
+                       "sampled_tokens": sampled_tokens, **extra}
+
+    return self.stages.run(method, iteration, stage, load=lambda: self._read_samples(path), compute=compute,
+                           save=lambda samples: _write_samples(path, samples))
+
+  def _adaptive_draw(self, todo, n: int, seed: int, desc: str, draw) -> tuple[list[selection.Sample], int, dict]:
+    """The adaptive E-step (`rest.estep.rounds` > 1): the fixed E-step's budget (len(todo) x n samples) spent in
+    rounds. A problem leaves once it has `rest.cap` distinct rewarded completions or has drawn
+    `rest.estep.max_samples_per_problem` (0: no maximum); each round gives every problem still in the same share of
+    the budget left, spread over the rounds left, so what solved problems no longer need goes to the unsolved ones.
+    Each sample records its round and its problem's running pass rate after that round."""
+    c = self.config.rest
+    budget, most = len(todo) * n, c.estep.max_samples_per_problem
+    drawn = {p.id: 0 for p in todo}
+    rewarded = {p.id: 0 for p in todo}
+    distinct: dict[str, set[str]] = {p.id: set() for p in todo}
+    samples: list[selection.Sample] = []
+    sampled_tokens, rounds_run = 0, 0
+    for r in range(c.estep.rounds):
+      active = [p for p in todo if len(distinct[p.id]) < c.cap and (most == 0 or drawn[p.id] < most)]
+      left = budget - len(samples)
+      if not active or left <= 0:
+        break
+      share = max(1, left // (len(active) * (c.estep.rounds - r)))
+      quota = {p.id: share if most == 0 else min(share, most - drawn[p.id]) for p in active}
+      while sum(quota.values()) > left:  # The last of the budget: the first problems in order get it.
+        active = active[:-1]
+        quota = {p.id: quota[p.id] for p in active}
+      rounds_run += 1
+      for q in sorted(set(quota.values())):  # One call per sample count (a static shape of the decode loop).
+        group = [p for p in active if quota[p.id] == q]
+        found, tokens = draw(group, q, _seed(self.config, seed, "round", r, q), f"{desc} round {r + 1}")
+        sampled_tokens += tokens
+        for sample in found:
+          drawn[sample.problem_id] += 1
+          if sample.reward > c.reward_threshold:
+            rewarded[sample.problem_id] += 1
+            distinct[sample.problem_id].add(selection.dedup_key(sample.completion))
+        samples.extend(dataclasses.replace(x, round=r + 1) for x in found)
+      samples = [x if x.round != r + 1 else dataclasses.replace(
+          x, pass_rate=rewarded[x.problem_id] / drawn[x.problem_id]) for x in samples]
+    order = {p.id: i for i, p in enumerate(todo)}
+    samples.sort(key=lambda x: order[x.problem_id])  # Stable: by problem, then round, as a fixed E-step lists them.
+    return samples, sampled_tokens, {"rounds": rounds_run, "max_drawn": max(drawn.values(), default=0)}
 
   def _read_samples(self, path: pathlib.Path) -> list[selection.Sample] | None:
-    """The samples at `path`; None when the file is damaged (truncated, bad bytes), which is then set aside."""
+    """The samples at `path`; None when there are none, or when the file is damaged (truncated, bad bytes), which
+    is then set aside."""
+    if not path.exists():
+      return None
     try:
       return selection.read_jsonl(path)
     except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError, ValueError) as error:
@@ -325,103 +427,66 @@ class Experiment:
     distributed.barrier(f"rest_jax damaged samples set aside: {path}")
     return None
 
-  def _restored(self, method: str, iteration: int) -> Any | None:
+  def restored(self, method: str, iteration: int) -> Any | None:
     """The parameters of (method, iteration)'s checkpoint; None if there is none or it was damaged (set aside)."""
     restored = self.store.restore(method, iteration, shardings=sharding.param_shardings(self.cfg, self.mesh))
     return None if restored is None else restored[0]
 
   def mstep(self, init_params: Any, prompts, completions, weights, method: str, iteration: int) -> Any:
     """Fine-tunes `init_params` on the examples; cached as the iteration's checkpoint."""
-    distributed.barrier(f"rest_jax mstep {method} it{iteration}")
-    if (restored := self._restored(method, iteration)) is not None:
-      return restored
-    t0 = time.time()
     train_config = TrainConfig(**{**self.config.train.to_dict(), "seed": _seed(self.config, method, iteration, "m")})
-    examples = make_examples(self.sampler.tokenizer, prompts, completions, weights)
-    if not examples:  # Nothing was rewarded: there is nothing to learn from, the model stays as it was.
-      logging.warning("%s it%d: no kept samples; the M-step keeps its initial parameters", method, iteration)
-      self.log.append_stage({"method": method, "iteration": iteration, "stage": "mstep", "wall_s": 0.0,
-                             "examples": 0})
-      self.store.save(method, iteration, init_params, {"model_config": self.cfg.to_dict(), "examples": 0})
-      return init_params
-    result = train(init_params, examples, cfg=self.cfg, config=train_config, mesh=self.mesh,
-                   val_fn=self.val_fn(method, iteration), desc=f"{method} it{iteration} M-step")
-    wall = time.time() - t0
-    counters = {"train_steps": result.steps, "best_step": result.best_step, "tokens": result.tokens,
-                "examples": len(examples)}
-    if result.best_val is not None:
-      counters["best_val_pass@1"] = result.best_val
-    # The record goes first: a kill between the two only makes the rerun redo (and re-log) this stage.
-    self.log.append_stage({"method": method, "iteration": iteration, "stage": "mstep", "wall_s": wall, **counters})
-    if result.adapters is not None:  # LoRA: the adapters too, small, beside the merged model that the loop reads.
-      self.store.save_adapters(method, iteration, result.adapters,
-                               {"model_config": self.cfg.to_dict(), "lora": dataclasses.asdict(train_config.lora())})
-    self.store.save(method, iteration, result.params,
-                    {"model_config": self.cfg.to_dict(), "method": method, "iteration": iteration, **counters,
-                     "history": result.history})
-    reporting.log_stage(method, iteration, "mstep", wall, **counters)
-    return result.params
+    saved: dict[str, Any] = {}
 
-  # --- Methods (each registered in ALGORITHMS below, or the SFT baseline) ----------------------------------------
+    def compute():
+      examples = make_examples(self.sampler.tokenizer, prompts, completions, weights)
+      if not examples:  # Nothing was rewarded: there is nothing to learn from, the model stays as it was.
+        logging.warning("%s it%d: no kept samples; the M-step keeps its initial parameters", method, iteration)
+        saved["metadata"] = {"model_config": self.cfg.to_dict(), "examples": 0}
+        return init_params, {"examples": 0}
+      result = train(init_params, examples, cfg=self.cfg, config=train_config, mesh=self.mesh,
+                     val_fn=self.val_fn(method, iteration), desc=f"{method} it{iteration} M-step")
+      counters = {"train_steps": result.steps, "best_step": result.best_step, "tokens": result.tokens,
+                  "examples": len(examples)}
+      if result.best_val is not None:
+        counters["best_val_pass@1"] = result.best_val
+      saved["adapters"] = result.adapters
+      saved["metadata"] = {"model_config": self.cfg.to_dict(), "method": method, "iteration": iteration, **counters,
+                           "history": result.history}
+      return result.params, counters
+
+    def save(params):
+      if saved.get("adapters") is not None:  # LoRA: the adapters too, small, beside the merged model the loop reads.
+        self.store.save_adapters(method, iteration, saved["adapters"],
+                                 {"model_config": self.cfg.to_dict(), "lora": dataclasses.asdict(train_config.lora())})
+      self.store.save(method, iteration, params, saved["metadata"])
+
+    return self.stages.run(method, iteration, "mstep", load=lambda: self.restored(method, iteration),
+                           compute=compute, save=save)
+
+  def online_stage(self, method: str, iteration: int, compute: Callable[[], tuple[Any, list[selection.Sample],
+                                                                               dict[str, Any]]],
+                   stage: str = "online") -> Any:
+    """An online-RL stage (sampling and updates interleaved): `compute()` -> (params, the stage's samples,
+    counters). Its artifacts are the iteration's checkpoint and a samples file; resumed like every stage."""
+    path = self.samples_path(method, iteration, stage)
+    samples: list[selection.Sample] = []
+
+    def run():
+      params, found, counters = compute()
+      samples.extend(found)
+      return params, counters
+
+    def save(params):
+      _write_samples(path, samples)
+      self.store.save(method, iteration, params, {"model_config": self.cfg.to_dict(), "method": method,
+                                                  "iteration": iteration})
+
+    return self.stages.run(method, iteration, stage, load=lambda: self.restored(method, iteration), compute=run,
+                           save=save)
 
   def human_data(self) -> tuple[list[str], list[str]]:
     human = list(self.task.split("human"))
     return [p.prompt for p in human], [p.solution for p in human]
-
-  def sft_human(self) -> None:
-    self.evaluate(self.base_params, "sft_human", 0)
-    prompts, solutions = self.human_data()
-    params = self.mstep(self.base_params, prompts, solutions, None, "sft_human", 1)
-    self.evaluate(params, "sft_human", 1)
-
-  def sampling_params(self, policy: Any) -> tuple[Any, Sampler]:
-    """Distillation: a fixed (e.g. larger) model may sample instead of the policy being trained."""
-    path = self.config.rest.sampler_checkpoint
-    if not path:
-      return policy, self.sampler
-    cfg = ModelConfig.from_dict(checkpoints.load_metadata(path)["model_config"])
-    params, _ = checkpoints.load(path, shardings=sharding.param_shardings(cfg, self.mesh))
-    return params, Sampler(cfg, self.sampler.tokenizer, self.mesh, self.sampler.config, end_ids=self.sampler.end_ids,
-                           pad_id=self.sampler.pad_id)
-
-  def rest_em(self) -> None:
-    method, c = "rest_em", self.config.rest
-    self.evaluate(self.base_params, method, 0)
-    policy = self.base_params
-    for it in range(1, c.num_iterations + 1):
-      sampling_params, sampler = self.sampling_params(policy)
-      own_sampler, self.sampler = self.sampler, sampler
-      try:
-        samples = self.estep(sampling_params, method, it)
-      finally:
-        self.sampler = own_sampler
-      kept = [s for s in samples if s.kept]
-      init = self.base_params if c.restart_from_base else policy
-      policy = self.mstep(init, [s.prompt for s in kept], [s.completion for s in kept], [s.reward for s in kept],
-                          method, it)
-      self.evaluate(policy, method, it)
-
-  def rest(self) -> None:
-    """Original ReST: per Grow step, Improve steps with rising thresholds, each continuing from the previous model,
-    with the human-written solutions mixed in; the iteration's checkpoint is the last Improve step's model."""
-    method, c = "rest", self.config.rest
-    self.evaluate(self.base_params, method, 0)
-    policy = self.base_params
-    human_prompts, human_solutions = self.human_data() if c.mix_human else ([], [])
-    for it in range(1, c.num_iterations + 1):
-      samples = self.estep(policy, method, it)
-      if (restored := self._restored(method, it)) is not None:
-        policy = restored
-      else:
-        for step, threshold in enumerate(c.improve_thresholds):
-          chosen = [s for s in samples if s.kept and s.reward > threshold]
-          prompts = [s.prompt for s in chosen] + human_prompts
-          completions = [s.completion for s in chosen] + human_solutions
-          weights = [s.reward for s in chosen] + [1.0] * len(human_prompts)
-          # Each Improve step is cached under a sub-method so that an interrupted Grow step resumes mid-way.
-          policy = self.mstep(policy, prompts, completions, weights, f"{method}_improve{step}", it)
-        self.store.save(method, it, policy, {"model_config": self.cfg.to_dict(), "method": method, "iteration": it})
-      self.evaluate(policy, method, it)
 
   def report(self) -> str:
     if not distributed.is_primary():
@@ -431,8 +496,13 @@ class Experiment:
                                   config_summary=summary)
 
 
-# The EM algorithms `rest.algorithm` names: name -> the Experiment method that runs it.
-ALGORITHMS: dict[str, Any] = {"rest_em": Experiment.rest_em, "rest": Experiment.rest}
+def _write_samples(path: pathlib.Path, samples: list[selection.Sample]) -> None:
+  if distributed.is_primary():
+    selection.write_jsonl(path, samples)
+
+
+def _sampler_config(config: ml_collections.ConfigDict) -> SamplerConfig:
+  return SamplerConfig(batch_rows=config.sampler.batch_rows, prompt_buckets=tuple(config.sampler.prompt_buckets))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -447,9 +517,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
     logging.info("rest_jax: process of each device on the %s mesh: %s", "x".join(exp.mesh.axis_names),
                  np.vectorize(lambda d: d.process_index, otypes=[int])(exp.mesh.devices).tolist())
   try:
-    if config.rest.sft_human_baseline:
-      exp.sft_human()
-    ALGORITHMS[config.rest.algorithm](exp)
+    if config.rest.sft_human_baseline and config.rest.algorithm != "sft_human":
+      algorithms.get("sft_human").run(exp)
+    algorithms.get(config.rest.algorithm).run(exp)
     path = exp.report()
     logging.info("rest_jax: report at %s", path)
     return exp.log.evals()

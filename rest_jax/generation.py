@@ -15,40 +15,56 @@ from rest_jax import evaluation
 from rest_jax import reporting
 from rest_jax import rewards as rewards_lib
 from rest_jax import tasks as tasks_lib
-from rest_jax.sampling import Sampler, Strategy
+from rest_jax.sampling import Completion, Sampler, Strategy
 
 
 @dataclasses.dataclass
 class Scored:
   completions: list[list[str]]  # [problem][sample]
   rewards: np.ndarray  # [problem, sample] float
+  sampled: list[list[Completion]]  # [problem][sample]: the sampled ids (and log-probabilities) behind each text
+
+  @property
+  def sampled_tokens(self) -> int:
+    """New tokens generated, end ids included: the sampling budget spent."""
+    return sum(len(c.ids) for row in self.sampled for c in row)
 
 
 def generate_and_score(sampler: Sampler, params: Any, problems: Sequence[tasks_lib.Problem], *, reward: str,
                        num_samples: int, strategy: Strategy, max_new_tokens: int, seed: int,
-                       stop_strings: Sequence[str] = (), workers: int = 4, desc: str = "sample") -> Scored:
+                       stop_strings: Sequence[str] = (), workers: int = 4, desc: str = "sample",
+                       with_logprobs: bool = False, sample_prompts: Sequence[str] | None = None) -> Scored:
   """`num_samples` completions per problem and their rewards.
 
   Each decoded batch goes to a pool of `workers` threads (rewards that run programs spawn sandboxed processes, so
   threads are enough) while the next batch is decoding on the device. With several processes, all get the same result.
+  `with_logprobs` also returns each sampled token's log-probability under the sampling policy. `sample_prompts`
+  (one per problem) are what the model is conditioned on instead of the problems' prompts, which the reward still
+  sees (e.g. STaR's hinted prompts).
   """
+  if sample_prompts is not None and len(sample_prompts) != len(problems):
+    raise ValueError(f"generate_and_score: {len(sample_prompts)} sample_prompts for {len(problems)} problems")
   reward_fn = rewards_lib.get(reward)
   completions: list[list[str]] = [[] for _ in problems]
+  sampled: list[list[Completion]] = [[] for _ in problems]
   rewards_PxN = np.zeros((len(problems), num_samples), np.float32)
   futures = {}
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool, \
       reporting.progress(total=len(problems), desc=desc, unit="problem") as bar:
-    batches = sampler.iter_samples(params, [p.prompt for p in problems], num_samples=num_samples, strategy=strategy,
-                                   max_new_tokens=max_new_tokens, seed=seed, stop_strings=stop_strings)
-    for idx, batch_completions in batches:
+    conditioned = [p.prompt for p in problems] if sample_prompts is None else list(sample_prompts)
+    batches = sampler.iter_completions(params, conditioned, num_samples=num_samples,
+                                       strategy=strategy, max_new_tokens=max_new_tokens, seed=seed,
+                                       stop_strings=stop_strings, with_logprobs=with_logprobs)
+    for idx, batch_sampled in batches:
+      batch_completions = [[c.text for c in row] for row in batch_sampled]
       batch_problems = [problems[i] for i in idx]
       flat = [c for cs in batch_completions for c in cs]
       fields = {k: [v for v in vs for _ in range(num_samples)]
                 for k, vs in tasks_lib.reward_fields(batch_problems).items()}
       prompts = [p.prompt for p in batch_problems for _ in range(num_samples)]
       futures[pool.submit(reward_fn, prompts, flat, **fields)] = idx
-      for i, cs in zip(idx, batch_completions):
-        completions[i] = cs
+      for i, cs, row in zip(idx, batch_completions, batch_sampled):
+        completions[i], sampled[i] = cs, row
       bar.update(len(idx))
       bar.set_postfix(scored=sum(len(i) for f, i in futures.items() if f.done()))
     for future in concurrent.futures.as_completed(futures):
@@ -58,7 +74,7 @@ def generate_and_score(sampler: Sampler, params: Any, problems: Sequence[tasks_l
   # Every process decoded the same completions; process 0's rewards make the selection identical on all of them even
   # when a reward is not (programs run under a wall-clock timeout).
   rewards_PxN = distributed.broadcast_from_primary(rewards_PxN)
-  return Scored(completions=completions, rewards=rewards_PxN)
+  return Scored(completions=completions, rewards=rewards_PxN, sampled=sampled)
 
 
 def evaluate(sampler: Sampler, params: Any, task: tasks_lib.Task, problems: Sequence[tasks_lib.Problem], *,

@@ -480,6 +480,12 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]],
           *("| " + " | ".join(row) + " |" for row in rows)]
 
 
+def _fmt_ratio(numerator: Any, denominator: Any) -> str:
+  if numerator is None or not denominator:
+    return _MISSING
+  return f"{numerator / denominator:.2f}"
+
+
 def _method_table(index: _Index, method: str) -> list[str]:
   columns = [("iter", lambda it: str(it)),
              ("test pass@1",
@@ -501,6 +507,13 @@ def _method_table(index: _Index, method: str) -> list[str]:
   for name in _ESTEP_COUNTERS:
     columns.append((name, lambda it, name=name: _fmt_count(
         index.counter(method, it, "estep", name))))
+  # What the E-step's budget bought: samples drawn per kept sample, and problems with at least one kept solution
+  # (the adaptive E-step's two aims; `rest.estep.rounds`).
+  columns.append(("generated / kept", lambda it: _fmt_ratio(
+      index.counter(method, it, "estep", "generated"),
+      index.counter(method, it, "estep", "kept"))))
+  columns.append(("problems kept", lambda it: _fmt_count(
+      index.counter(method, it, "estep", "problems_with_kept"))))
   for stage in index.stage_names:
     columns.append((f"{stage} s", lambda it, stage=stage: _fmt_seconds(
         index.counter(method, it, stage, "wall_s"))))

@@ -38,6 +38,10 @@ class Sample:
     reward: the automatic reward; finite.
     iteration: the ReST-EM iteration that generated it, >= 0.
     kept: whether the E-step selected it for the M-step.
+    completion_ids: the sampled token ids behind `completion` (the end id last when one ended it), or None.
+    logprobs: the sampling policy's log-probability of each of `completion_ids`, or None.
+    round: the adaptive E-step's round that drew it (1, 2, ...), or None (a fixed E-step).
+    pass_rate: the adaptive E-step: its problem's running pass rate after that round, or None.
   """
 
   problem_id: str
@@ -46,6 +50,10 @@ class Sample:
   reward: float
   iteration: int
   kept: bool = False
+  completion_ids: tuple[int, ...] | None = None
+  logprobs: tuple[float, ...] | None = None
+  round: int | None = None
+  pass_rate: float | None = None
 
   def __post_init__(self):
     # A NaN reward would silently compare False against every threshold.
@@ -61,8 +69,16 @@ class Sample:
       )
 
   def to_json(self) -> dict[str, Any]:
-    """Returns a dict of JSON-serialisable fields."""
-    return dataclasses.asdict(self)
+    """Returns a dict of JSON-serialisable fields (ids and log-probabilities only when present)."""
+    record = dataclasses.asdict(self)
+    for name in ("completion_ids", "logprobs", "round", "pass_rate"):
+      if record[name] is None:
+        del record[name]
+      elif name in ("completion_ids", "logprobs"):
+        record[name] = list(record[name])
+    if self.logprobs is not None:
+      record["logprobs"] = [round(float(x), 6) for x in self.logprobs]
+    return record
 
   @classmethod
   def from_json(cls, record: dict[str, Any]) -> Sample:
@@ -104,6 +120,14 @@ class Sample:
     kept = record.get("kept", False)
     if not isinstance(kept, bool):
       raise ValueError(f"Sample.from_json: kept must be a bool, got {kept!r}")
+    ids, logprobs = record.get("completion_ids"), record.get("logprobs")
+    if ids is not None and not (isinstance(ids, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in ids)):
+      raise ValueError(f"Sample.from_json: completion_ids must be a list of ints, got {ids!r}"[:200])
+    if logprobs is not None and not (isinstance(logprobs, list) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in logprobs)
+                                     and ids is not None and len(logprobs) == len(ids)):
+      raise ValueError("Sample.from_json: logprobs must be numbers, one per completion id"[:200])
     return cls(
         problem_id=record["problem_id"],
         prompt=record["prompt"],
@@ -111,7 +135,23 @@ class Sample:
         reward=float(record["reward"]),
         iteration=record["iteration"],
         kept=kept,
+        completion_ids=None if ids is None else tuple(ids),
+        round=_optional_number(record, "round", int),
+        pass_rate=_optional_number(record, "pass_rate", (int, float)),
+        logprobs=None if logprobs is None else tuple(float(x) for x in logprobs),
     )
+
+
+def _optional_number(record: dict[str, Any], name: str, types) -> Any:
+  value = record.get(name)
+  if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+    raise ValueError(f"Sample.from_json: {name} must be a number, got {value!r}"[:200])
+  return value
+
+
+def dedup_key(completion: str) -> str:
+  """What makes two completions of a problem the same one to `keep`."""
+  return _dedup_key(completion)
 
 
 def _dedup_key(completion: str) -> str:

@@ -16,8 +16,8 @@ A study config holds one block, `study`:
   study.size_arms   ... these arm names (optional; default: the arms whose method is "rest_em")
 
 Runs with the same experiment config (up to fields that cannot change a result, with base.checkpoint resolved to
-the model it loads) are one run: a size whose base is the main runs' base reuses them, and two arms reading two
-methods of one run (ReST-EM with `rest.sft_human_baseline`: methods "rest_em" and "sft_human") share it.
+the model it loads) are one run: a size whose base is the main runs' base reuses them, and two arms that read two
+methods of one run (e.g. "rest_em" and, with `rest.sft_human_baseline`, "sft_human") share it.
 
   WORKDIR/study_config.json                     the study config (a rerun must match it)
   WORKDIR/study.jsonl                           one record per finished run: a rerun skips it without a model load

@@ -5,10 +5,10 @@ import re
 import ml_collections
 import pytest
 
+from rest_jax import algorithms
 from rest_jax import config_check
 from rest_jax import config_files
 from rest_jax import errors
-from rest_jax import experiment
 from rest_jax.tasks import registry as task_registry
 from rest_jax.training import loss as loss_lib
 from tests import configs_test
@@ -118,7 +118,7 @@ def test_a_bad_transfer_task_is_named():
 
 def test_new_registrations_are_accepted_with_no_edit(monkeypatch):
   monkeypatch.setitem(loss_lib.LOSSES, "my_loss", loss_lib.weighted_nll)
-  monkeypatch.setitem(experiment.ALGORITHMS, "my_algorithm", experiment.Experiment.rest_em)
+  monkeypatch.setitem(algorithms._REGISTRY, "my_algorithm", algorithms.get("rest_em"))
   monkeypatch.setitem(task_registry._REGISTRY, "my_task", lambda size=1: None)
   config = _smoke(**{"train.loss": "my_loss", "rest.algorithm": "my_algorithm", "task.name": "my_task"})
   config.task.kwargs = ml_collections.ConfigDict({"size": 3})

@@ -15,12 +15,13 @@ import jax
 import numpy as np
 import pytest
 
+from rest_jax import algorithms
 from rest_jax import checkpoints
 from rest_jax import experiment
 from rest_jax import generation
 from rest_jax import reporting
 from rest_jax import selection
-from rest_jax.sampling import strategies
+from rest_jax.sampling import Completion, strategies
 from rest_jax.training import FinetuneResult, make_examples
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def _smoke_config(**overrides):
 
 
 _BAD_CONFIGS = {
-    "algorithm": ({"rest.algorithm": "nope"}, r"^config rest\.algorithm='nope': must be one of 'rest', 'rest_em'$"),
+    "algorithm": ({"rest.algorithm": "nope"}, "^config rest\\.algorithm='nope': must be one of " + re.escape(", ".join(map(repr, algorithms.names()))) + "$"),
     "task": ({"task.name": "nope"}, r"^config task\.name='nope': must be one of .*'arithmetic'"),
     "base": ({"base.checkpoint": "/nonexistent/base"}, r"base\.checkpoint: no checkpoint at /nonexistent/base"),
 }
@@ -108,7 +109,7 @@ class _Fakes:
     monkeypatch.setattr(experiment, "train", self.train)
 
   def generate_and_score(self, sampler, params, problems, *, reward, num_samples, strategy, max_new_tokens, seed,
-                         stop_strings=(), workers=4, desc=""):
+                         stop_strings=(), workers=4, desc="", with_logprobs=False):
     del sampler, reward, max_new_tokens, stop_strings, workers
     self.samplings.append({"offset": _offset(params, self.base), "strategy": strategy, "seed": seed, "desc": desc,
                            "num_problems": len(problems)})
@@ -117,7 +118,9 @@ class _Fakes:
                    for i in range(len(problems))]
     rewards = np.array([[((i + j) % 4) / 3 for j in range(num_samples)] for i in range(len(problems))], np.float32)
     rewards = np.round(rewards, 1) if self.rewarded else np.zeros_like(rewards)
-    return generation.Scored(completions=completions, rewards=rewards)
+    sampled = [[Completion(ids=tuple(range(len(c))), logprobs=(-0.5,) * len(c) if with_logprobs else None,
+                           ended=True, text=c) for c in row] for row in completions]
+    return generation.Scored(completions=completions, rewards=rewards, sampled=sampled)
 
   def evaluate(self, sampler, params, task, problems, **kwargs):
     del sampler, task

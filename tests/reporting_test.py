@@ -244,7 +244,7 @@ def test_report_has_the_numbers_and_valid_plots(tmp_path):
   assert header == [
       "iter", "test pass@1", "test pass@4", "test pass@16", "test maj@4",
       "test maj@16", "transfer pass@1", "train pass@1", "E-step solve rate",
-      "generated", "rewarded", "kept", "estep s", "mstep s", "eval s"]
+      "generated", "rewarded", "kept", "generated / kept", "problems kept", "estep s", "mstep s", "eval s"]
   row = dict(zip(header, _table_row(report, "rest_em", 2)))
   # Records without interval fields (old workdirs): greedy pass@1 gets its exact interval from num_problems.
   assert row == {
@@ -252,7 +252,8 @@ def test_report_has_the_numbers_and_valid_plots(tmp_path):
       "test pass@16": "0.750", "test maj@4": "0.500", "test maj@16": "0.550",
       "transfer pass@1": "0.225", "train pass@1": "0.550",
       "E-step solve rate": "0.700", "generated": "8000", "rewarded": "3200",
-      "kept": "1600", "estep s": "32.0", "mstep s": "120.2", "eval s": "12.5"}
+      "kept": "1600", "generated / kept": "5.00", "problems kept": "–", "estep s": "32.0", "mstep s": "120.2",
+      "eval s": "12.5"}
   base_row = dict(zip(header, _table_row(report, "rest_em", 0)))
   assert base_row["test pass@1"] == f"0.200 {_ci(40, 200)}"
   assert base_row["kept"] == "–" and base_row["estep s"] == "–"

@@ -77,14 +77,14 @@ def _row(section: str, first_cells: str) -> list[str]:
 
 def test_each_run_once_in_its_own_workdir_the_medium_size_reusing_the_main_runs(finished):
   seeds = _smoke().study.seeds
-  expected = [f"runs/rest_em/seed_{s}" for s in seeds] + [f"runs/rest_em/seed_{s}/size_small" for s in seeds]
+  expected = ([f"runs/{arm}/seed_{s}" for s in seeds for arm in ("rest_em", "sft_human")]
+              + [f"runs/rest_em/seed_{s}/size_small" for s in seeds])
   assert sorted(study.finished_runs(finished)) == sorted(expected)
   for run in expected:
     config = json.loads((finished / run / "config.json").read_text())
     assert config["seed"] == int(run.split("seed_")[1].split("/")[0])
     assert config["task"]["kwargs"]["seed"] == _smoke().study.experiment.task.kwargs.seed  # The same problems.
   assert not list(finished.glob("runs/*/*/size_medium")), "the medium size ran again"
-  assert not (finished / "runs" / "sft_human").exists(), "SFT shares ReST-EM's runs"
   saved = json.loads((finished / "study_config.json").read_text())
   assert saved["study"]["seeds"] == list(seeds)
 
@@ -94,10 +94,11 @@ def test_report_has_every_section_with_numbers_from_the_runs(finished, small_bas
   for title in ("## Summary", "## Test accuracy per iteration", "## Sample efficiency", "## Stability", "## Scaling",
                 "## Overfitting", "## Runs", "## Study config"):
     assert f"\n{title}\n" in report, title
-  assert "4 of 4 runs finished;" in report
+  assert "6 of 6 runs finished;" in report
   seeds = _smoke().study.seeds
   runs = [finished / f"runs/rest_em/seed_{s}" for s in seeds]
   evals = [_evals(run) for run in runs]
+  sft = [_evals(finished / f"runs/sft_human/seed_{s}") for s in seeds]
 
   # ReST-EM's iteration 1, by hand: the mean, sample std and range of the seeds' test pass@1, and the tokens.
   values = [e[("rest_em", 1, "test")]["pass@1"] for e in evals]
@@ -116,7 +117,7 @@ def test_report_has_every_section_with_numbers_from_the_runs(finished, small_bas
   # The headline names the arm with the highest final mean and the gap, from the same records.
   last = max(it for (m, it, _) in evals[0] if m == "rest_em")
   finals = {"rest_em": np.mean([e[("rest_em", last, "test")]["pass@1"] for e in evals]),
-            "sft_human": np.mean([e[("sft_human", 1, "test")]["pass@1"] for e in evals])}
+            "sft_human": np.mean([e[("sft_human", 1, "test")]["pass@1"] for e in sft])}
   top, other = sorted(finals, key=lambda arm: -finals[arm])
   headline = _section(report, "## Summary").strip().splitlines()[0]
   if round(100 * (finals[top] - finals[other]), 1) == 0:
@@ -138,7 +139,7 @@ def test_report_has_every_section_with_numbers_from_the_runs(finished, small_bas
   assert row[2] == f"{param_count(sharding.abstract_params(medium, boxed=False)):,}"
 
   # Overfitting: train vs test at the base, for SFT.
-  train = [e[("sft_human", 0, "train")]["pass@1"] for e in evals]
+  train = [e[("sft_human", 0, "train")]["pass@1"] for e in sft]
   row = _row(_section(report, "### sft_human", after="## Overfitting"), "0")
   assert row[1].startswith(f"{np.mean(train):.3f} ± ")
   for name in ("test_pass_at_1.png", "sample_efficiency.png", "scaling.png", "overfitting.png"):
@@ -162,13 +163,13 @@ def test_interrupted_study_resumes_to_the_same_report(finished, small_base, tmp_
   calls = []
 
   def killed_mstep(self, init, prompts, completions, weights, method, iteration):
-    if method == "rest_em":  # The 2nd run dies in its first ReST-EM M-step, after SFT and an E-step.
+    if method == "rest_em":  # The 3rd run (ReST-EM, seed 1) dies in its first M-step, after an E-step.
       raise _Killed()
     return real_mstep(self, init, prompts, completions, weights, method, iteration)
 
   def run(config, workdir):
     calls.append(pathlib.Path(workdir).relative_to(tmp_path).as_posix())
-    if kill_second and len(calls) == 2:
+    if kill_second and len(calls) == 3:
       monkeypatch.setattr(experiment.Experiment, "mstep", killed_mstep)
     return real_run(config, workdir)
 
@@ -177,15 +178,16 @@ def test_interrupted_study_resumes_to_the_same_report(finished, small_base, tmp_
   with pytest.raises(_Killed):
     study.run(_smoke(small_base), tmp_path)
   kill_second = False
-  assert calls == ["runs/rest_em/seed_0", "runs/rest_em/seed_1"]
-  assert list(study.finished_runs(tmp_path)) == ["runs/rest_em/seed_0"]
+  assert calls == ["runs/rest_em/seed_0", "runs/sft_human/seed_0", "runs/rest_em/seed_1"]
+  assert list(study.finished_runs(tmp_path)) == ["runs/rest_em/seed_0", "runs/sft_human/seed_0"]
   partial = (tmp_path / "study_report.md").read_text()
-  assert "1 of 4 runs finished (a partial study" in partial
+  assert "2 of 6 runs finished (a partial study" in partial
 
   monkeypatch.setattr(experiment.Experiment, "mstep", real_mstep)
   calls.clear()
   study.run(_smoke(small_base), tmp_path)
-  assert calls == ["runs/rest_em/seed_1", "runs/rest_em/seed_0/size_small", "runs/rest_em/seed_1/size_small"]
+  assert calls == ["runs/rest_em/seed_1", "runs/sft_human/seed_1", "runs/rest_em/seed_0/size_small",
+                   "runs/rest_em/seed_1/size_small"]
   assert (tmp_path / "study_report.md").read_bytes() == (finished / "study_report.md").read_bytes()
 
 
@@ -235,8 +237,8 @@ def _unknown_field(config):
      "'rest.algorithm'?)"),
     (lambda c: _arm(c, "rest_em", overrides={"rest.cap": -1}),
      "study.arms[rest_em] seed 0: config rest.cap=-1: must be >= 1"),
-    (lambda c: _arm(c, "sft_human", overrides={"rest.algorithm": "grpo"}),
-     "study.arms[sft_human] seed 0: config rest.algorithm='grpo': must be one of 'rest', 'rest_em'"),
+    (lambda c: _arm(c, "sft_human", overrides={"rest.algorithm": "grpoo"}),
+     "study.arms[sft_human] seed 0: config rest.algorithm='grpoo': must be one of 'grpo', 'rest', 'rest_em', "),
     (lambda c: _arm(c, "rest_em", overrides={"rest.cap": "two"}),
      "config study.arms[rest_em].overrides: rest.cap='two': "),
     (lambda c: _arm(c, "rest_em", overides={}), "config study.arms[0].overides: no such field (did you mean "

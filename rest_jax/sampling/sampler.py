@@ -42,6 +42,7 @@ class SamplingState:
   length_B: jax.Array  # int32: generated tokens so far, up to and including EOS / a stop sequence.
   done_B: jax.Array  # bool: the row has produced EOS or a stop sequence.
   rng: jax.Array
+  logprobs_BxN: jax.Array | None = None  # float32: each token's log-probability under the strategy's policy.
 
 
 def _stop_hits(tokens_BxN, step, stop_sequences) -> jax.Array:
@@ -87,15 +88,18 @@ def decode_step(params: Any, token_B: jax.Array, step: jax.Array, cache: Cache, 
 
 @functools.partial(
     jax.jit, static_argnames=("cfg", "strategy", "num_samples", "max_new_tokens", "eos_id", "pad_id", "stop_sequences",
-                              "attend_buckets"))
+                              "attend_buckets", "with_logprobs"))
 def sample_tokens(params: Any, prompt_PxL: jax.Array, pad_P: jax.Array, rng: jax.Array, *, cfg: ModelConfig,
                   strategy: Strategy, num_samples: int, max_new_tokens: int, eos_id: int, pad_id: int,
                   stop_sequences: tuple[tuple[int, ...], ...] = (),
-                  attend_buckets: tuple[int, ...] = DEFAULT_ATTEND_BUCKETS) -> tuple[jax.Array, jax.Array]:
+                  attend_buckets: tuple[int, ...] = DEFAULT_ATTEND_BUCKETS, with_logprobs: bool = False
+                  ) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, jax.Array]:
   """Samples `num_samples` continuations of each left-padded prompt.
 
   Returns (tokens_BxN, length_B) with B = P * num_samples, samples of prompt p in rows [p * n, (p + 1) * n). Tokens
-  after EOS / a stop sequence (which are included in the length) or past the budget are `pad_id`.
+  after EOS / a stop sequence (which are included in the length) or past the budget are `pad_id`. With
+  `with_logprobs`, also logprobs_BxN: each token's log-probability under the sampling policy
+  (`Strategy.log_probs`: the model's softmax at the strategy's temperature), 0 past a row's end.
   """
   P, L = prompt_PxL.shape
   N, B = max_new_tokens, P * num_samples
@@ -104,9 +108,14 @@ def sample_tokens(params: Any, prompt_PxL: jax.Array, pad_P: jax.Array, rng: jax
   rng, first_rng = jax.random.split(rng)
   first_B = strategy.next_tokens(jnp.repeat(logits_PxV, num_samples, axis=0), first_rng)
   tokens_BxN = jnp.full((B, N), pad_id, jnp.int32).at[:, 0].set(first_B)
+  logprobs_BxN = None
+  if with_logprobs:
+    first_logp_B = strategy.log_probs(jnp.repeat(logits_PxV, num_samples, axis=0), first_B)
+    logprobs_BxN = jnp.zeros((B, N), jnp.float32).at[:, 0].set(first_logp_B)
   state = SamplingState(tokens_BxN=tokens_BxN, cache=[{"k": c["k"], "v": c["v"]} for c in full_cache],
                         step=jnp.asarray(0, jnp.int32), length_B=jnp.ones((B,), jnp.int32),
-                        done_B=(first_B == eos_id) | _stop_hits(tokens_BxN, 0, stop_sequences), rng=rng)
+                        done_B=(first_B == eos_id) | _stop_hits(tokens_BxN, 0, stop_sequences), rng=rng,
+                        logprobs_BxN=logprobs_BxN)
 
   def body(state: SamplingState, attend_len: int) -> SamplingState:
     step = state.step
@@ -117,16 +126,23 @@ def sample_tokens(params: Any, prompt_PxL: jax.Array, pad_P: jax.Array, rng: jax
     next_B = strategy.next_tokens(logits_BxV, step_rng)
     tokens_BxN = jax.lax.dynamic_update_slice_in_dim(state.tokens_BxN, next_B[:, None], step + 1, axis=1)
     hit_B = (next_B == eos_id) | _stop_hits(tokens_BxN, step + 1, stop_sequences)
+    logprobs_BxN = state.logprobs_BxN
+    if with_logprobs:
+      logprobs_BxN = jax.lax.dynamic_update_slice_in_dim(
+          logprobs_BxN, strategy.log_probs(logits_BxV, next_B)[:, None], step + 1, axis=1)
     return SamplingState(tokens_BxN=tokens_BxN, cache=[{"k": c["k"], "v": c["v"]} for c in cache], step=step + 1,
                          length_B=state.length_B + (~state.done_B).astype(jnp.int32), done_B=state.done_B | hit_B,
-                         rng=rng)
+                         rng=rng, logprobs_BxN=logprobs_BxN)
 
   # Segment by segment: a step writing generated slot `step` < end attends to slots [0, end) only.
   for end in segment_ends(N, attend_buckets):
     state = jax.lax.while_loop(lambda s, end=end: (s.step < min(end, N - 1)) & ~jnp.all(s.done_B),
                                functools.partial(body, attend_len=end), state)
   # Mask once, after the loop: everything past each row's end becomes padding.
-  new_BxN = jnp.where(jnp.arange(N)[None, :] < state.length_B[:, None], state.tokens_BxN, pad_id)
+  filled_BxN = jnp.arange(N)[None, :] < state.length_B[:, None]
+  new_BxN = jnp.where(filled_BxN, state.tokens_BxN, pad_id)
+  if with_logprobs:
+    return new_BxN, state.length_B, jnp.where(filled_BxN, state.logprobs_BxN, 0.0)
   return new_BxN, state.length_B
 
 
@@ -175,6 +191,15 @@ class Sampler:
     keeps decoding while the caller scores the completions it was just given. Results depend only on the prompts,
     settings and seed.
     """
+    for idx, rows in self.iter_sampled(params, prompt_ids, num_samples=num_samples, strategy=strategy,
+                                       max_new_tokens=max_new_tokens, seed=seed, stop_sequences=stop_sequences):
+      yield idx, [[list(c.ids[:-1] if c.ended else c.ids) for c in row] for row in rows]
+
+  def iter_sampled(self, params: Any, prompt_ids: Sequence[Sequence[int]], *, num_samples: int, strategy: Strategy,
+                   max_new_tokens: int, seed: int, stop_sequences: Sequence[Sequence[int]] = (),
+                   with_logprobs: bool = False) -> Iterator[tuple[list[int], list[list["Sampled"]]]]:
+    """`iter_sample_ids` with every generated token kept (`Sampled.ids` ends with the end id when one ended it) and,
+    with `with_logprobs`, each token's log-probability under the sampling policy (same tokens for a given seed)."""
     if num_samples < 1 or max_new_tokens < 1:
       raise ValueError(f"num_samples and max_new_tokens must be >= 1, got {num_samples}, {max_new_tokens}")
     by_bucket: dict[int, list[int]] = {}
@@ -208,30 +233,42 @@ class Sampler:
       with sharding.use_mesh(self.mesh):
         return sample_tokens(params, prompt_PxL, pad_P, rng, cfg=self.cfg, strategy=strategy, num_samples=num_samples,
                              max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=self.pad_id,
-                             stop_sequences=stop_sequences, attend_buckets=tuple(self.config.attend_buckets))
+                             stop_sequences=stop_sequences, attend_buckets=tuple(self.config.attend_buckets),
+                             with_logprobs=with_logprobs)
 
     in_flight = dispatch(0) if batches else None
     for b, (_, idx) in enumerate(batches):
       current, in_flight = in_flight, dispatch(b + 1) if b + 1 < len(batches) else None
-      tokens_BxN, length_B = distributed.global_to_host(current)  # On every process, when the mesh spans several.
+      tokens_BxN, length_B, *logprobs = distributed.global_to_host(current)  # On every process of the mesh.
       rows = []
       for row in range(len(idx) * num_samples):
-        ids = tokens_BxN[row, :length_B[row]].tolist()
-        rows.append(ids[:-1] if ids and ids[-1] in self.end_ids else ids)
+        ids = tuple(tokens_BxN[row, :length_B[row]].tolist())
+        logp = tuple(logprobs[0][row, :length_B[row]].tolist()) if logprobs else None
+        rows.append(Sampled(ids=ids, logprobs=logp, ended=bool(ids) and ids[-1] in self.end_ids))
       yield list(idx), [rows[j * num_samples:(j + 1) * num_samples] for j in range(len(idx))]
 
   def iter_samples(self, params: Any, prompts: Sequence[str], *, num_samples: int, strategy: Strategy,
                    max_new_tokens: int, seed: int, stop_strings: Sequence[str] = ()
                    ) -> Iterator[tuple[list[int], list[list[str]]]]:
     """Text version of `iter_sample_ids`: prompts get the tokenizer's BOS, completions are cut at `stop_strings`."""
+    for idx, rows in self.iter_completions(params, prompts, num_samples=num_samples, strategy=strategy,
+                                           max_new_tokens=max_new_tokens, seed=seed, stop_strings=stop_strings):
+      yield idx, [[c.text for c in row] for row in rows]
+
+  def iter_completions(self, params: Any, prompts: Sequence[str], *, num_samples: int, strategy: Strategy,
+                       max_new_tokens: int, seed: int, stop_strings: Sequence[str] = (), with_logprobs: bool = False
+                       ) -> Iterator[tuple[list[int], list[list["Completion"]]]]:
+    """`iter_samples` with each completion's sampled ids (and log-probabilities) beside its text."""
     tok = self.tokenizer
     if tok is None:
       raise ValueError("this Sampler has no tokenizer; use iter_sample_ids")
     encoded = [tokenizers.prefix_ids(tok) + tok.encode(p) for p in prompts]
     stop_sequences = [tok.encode(s) for s in stop_strings if s]
-    for idx, ids in self.iter_sample_ids(params, encoded, num_samples=num_samples, strategy=strategy,
-                                         max_new_tokens=max_new_tokens, seed=seed, stop_sequences=stop_sequences):
-      yield idx, [[_truncate(tok.decode(c), stop_strings) for c in row] for row in ids]
+    for idx, rows in self.iter_sampled(params, encoded, num_samples=num_samples, strategy=strategy,
+                                       max_new_tokens=max_new_tokens, seed=seed, stop_sequences=stop_sequences,
+                                       with_logprobs=with_logprobs):
+      yield idx, [[Completion(text=_truncate(tok.decode(c.ids[:-1] if c.ended else c.ids), stop_strings),
+                              ids=c.ids, logprobs=c.logprobs, ended=c.ended) for c in row] for row in rows]
 
   def sample(self, params: Any, prompts: Sequence[str], **kwargs) -> list[list[str]]:
     """`num_samples` completions for every prompt, in prompt order. Takes the arguments of `iter_samples`."""
@@ -240,6 +277,23 @@ class Sampler:
       for i, c in zip(idx, completions):
         out[i] = c
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampled:
+  """One sampled continuation: every generated token (the end id last when one ended it) and, when asked for, each
+  token's log-probability under the sampling policy."""
+
+  ids: tuple[int, ...]
+  logprobs: tuple[float, ...] | None
+  ended: bool  # Ended by an end id (the last of `ids`); otherwise by a stop sequence or the token budget.
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion(Sampled):
+  """A `Sampled` continuation with its text: decoded without the end id, cut at the first stop string."""
+
+  text: str = ""
 
 
 def _truncate(text: str, stop_strings: Sequence[str]) -> str:

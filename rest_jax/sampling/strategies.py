@@ -17,6 +17,10 @@ class Greedy:
     del rng
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
 
+  def log_probs(self, logits_BxV: jax.Array, tokens_B: jax.Array) -> jax.Array:
+    """The model's log-probability of each chosen token (temperature 1)."""
+    return token_log_probs(logits_BxV, tokens_B, 1.0)
+
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
@@ -55,6 +59,18 @@ class Sampling:
     u_Bx1 = jax.random.uniform(rng, (B, 1)) * cdf_BxK[:, -1:]
     choice_B = jnp.minimum(jnp.sum(cdf_BxK <= u_Bx1, axis=-1), jnp.sum(probs_BxK > 0, axis=-1) - 1)
     return jnp.take_along_axis(ids_BxK, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+  def log_probs(self, logits_BxV: jax.Array, tokens_B: jax.Array) -> jax.Array:
+    """log softmax(logits / temperature) of each chosen token: the policy that online RL's importance ratio and the
+    M-step's log-likelihood both compute. Top-k / top-p truncation is not renormalised into it."""
+    return token_log_probs(logits_BxV, tokens_B, self.temperature)
+
+
+def token_log_probs(logits_BxV: jax.Array, tokens_B: jax.Array, temperature: float) -> jax.Array:
+  """log softmax(logits_BxV / temperature)[b, tokens_B[b]], float32."""
+  scaled_BxV = logits_BxV.astype(jnp.float32) / temperature
+  chosen_B = jnp.take_along_axis(scaled_BxV, tokens_B[:, None], axis=-1)[:, 0]
+  return chosen_B - jax.nn.logsumexp(scaled_BxV, axis=-1)
 
 
 def _nucleus(probs_BxV: jax.Array, top_p: float) -> jax.Array:

@@ -20,6 +20,15 @@ class Example:
   prompt_ids: tuple[int, ...]  # BOS (unless the tokenizer adds none) + prompt tokens.
   completion_ids: tuple[int, ...]  # Completion tokens + EOS.
   weight: float = 1.0  # Reward: scales this example's token losses.
+  # (key, one value per completion token) pairs, each packed as a float32 array `key` onto the targets the values
+  # belong to (0 elsewhere): e.g. GRPO's sampling log-probs.
+  token_values: tuple[tuple[str, tuple[float, ...]], ...] = ()
+
+  def __post_init__(self):
+    for key, values in self.token_values:
+      if len(values) != len(self.completion_ids):
+        raise ValueError(f"Example.token_values[{key!r}] has {len(values)} values for {len(self.completion_ids)} "
+                         "completion tokens")
 
   def __len__(self) -> int:  # Input tokens of this example in a row (the last token is only a target).
     return len(self.prompt_ids) + len(self.completion_ids) - 1
@@ -39,12 +48,19 @@ def make_examples(tokenizer: Tokenizer, prompts: Sequence[str], completions: Seq
 
 
 def pack(examples: Sequence[Example], seq_len: int, order: np.ndarray, *, open_rows: int = 8) -> dict[str, np.ndarray]:
-  """Packs `examples` (taken in `order`) into rows of `seq_len` tokens with a first-fit over a few open rows."""
+  """Packs `examples` (taken in `order`) into rows of `seq_len` tokens with a first-fit over a few open rows.
+
+  The examples' `token_values` keys (the same for all) become float32 arrays too.
+  """
+  value_keys = [key for key, _ in examples[order[0]].token_values] if len(order) else []
   rows: list[list[Example]] = []
   free: list[int] = []
   open_ids: list[int] = []
   for i in order:
     ex = examples[i]
+    if [key for key, _ in ex.token_values] != value_keys:
+      raise ValueError(f"training example {i} has token_values {[k for k, _ in ex.token_values]}, example "
+                       f"{order[0]} has {value_keys}: all must have the same keys")
     if len(ex) > seq_len:
       raise ValueError(f"training example {i} has {len(ex) + 1} tokens, more than train.seq_len + 1 = {seq_len + 1}")
     target = next((r for r in open_ids if free[r] >= len(ex)), None)
@@ -66,6 +82,7 @@ def pack(examples: Sequence[Example], seq_len: int, order: np.ndarray, *, open_r
       "loss_mask": np.zeros((n, seq_len), bool),
       "segment_ids": np.zeros((n, seq_len), np.int32),
       "positions": np.zeros((n, seq_len), np.int32),
+      **{key: np.zeros((n, seq_len), np.float32) for key in value_keys},
   }
   for r, row in enumerate(rows):
     start = 0
@@ -80,6 +97,8 @@ def pack(examples: Sequence[Example], seq_len: int, order: np.ndarray, *, open_r
       out["weights"][r, span] = np.where(completion, ex.weight, 0.0)
       out["segment_ids"][r, span] = seg
       out["positions"][r, span] = np.arange(m)
+      for key, values in ex.token_values:  # Completion token j is the target at slot len(prompt) - 1 + j.
+        out[key][r, start + len(ex.prompt_ids) - 1:start + m] = values
       start += m
   return out
 

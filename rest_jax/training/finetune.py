@@ -177,26 +177,35 @@ def with_total_steps(opt_state: Any, total_steps: Any) -> Any:
 
 
 def train_step(state: TrainState, batch_AxBxT: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step over A micro-batches; the loss is normalised by the step's total completion tokens.
+  """One optimizer step over A micro-batches; the loss is normalised by the step's total `aux["tokens"]` (completion
+  tokens for the NLL). The metrics are that loss, the divisor as "tokens", the gradient norm and the step's sum of
+  every other `aux` entry of the loss.
 
   With LoRA (`state.frozen` set) the gradient is taken for the adapters only: none is computed for the base.
   """
 
   def micro(carry, batch_BxT):
-    grads, loss_sum, tokens = carry
+    grads, loss_sum = carry
     model_loss = state.loss_factory(state.cfg, batch_BxT)
     loss_fn = model_loss if state.frozen is None else lambda a: model_loss(lora_lib.combine(state.frozen, a))
     (l, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return (jax.tree.map(jnp.add, grads, g), loss_sum + l, tokens + aux["tokens"]), None
+    return (jax.tree.map(jnp.add, grads, g), loss_sum + l), aux
 
   zeros = jax.tree.map(jnp.zeros_like, state.params)
-  (grads, loss_sum, tokens), _ = jax.lax.scan(micro, (zeros, 0.0, 0), batch_AxBxT)
+  (grads, loss_sum), aux_A = jax.lax.scan(micro, (zeros, 0.0), batch_AxBxT)
+  aux = jax.tree.map(lambda x: jnp.sum(x, axis=0), aux_A)
+  tokens = aux.pop("tokens")
   denom = jnp.maximum(tokens, 1).astype(jnp.float32)
   grads = jax.tree.map(lambda g: g / denom, grads)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss_sum / denom, "tokens": tokens, "grad_norm": optax.global_norm(grads)}
+  metrics = {**aux, "loss": loss_sum / denom, "tokens": tokens, "grad_norm": optax.global_norm(grads)}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def step_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """The sharding of a step's [A, B, T] batch arrays: rows split over data x fsdp."""
+  return NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp"), None))
 
 
 def jit_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, loss_factory: loss_lib.LossFactory,
@@ -212,20 +221,22 @@ def jit_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, loss_fact
                                cfg=cfg, tx=tx, loss_factory=loss_factory, frozen=frozen_shardings)
   # The state is donated: its buffers are rewritten in place instead of doubling parameter and optimizer memory (a
   # LoRA base is passed through, its output aliasing its input).
-  step_fn = jax.jit(train_step, donate_argnums=0, in_shardings=(state_shardings, _batch_sharding(mesh)),
+  step_fn = jax.jit(train_step, donate_argnums=0, in_shardings=(state_shardings, step_batch_sharding(mesh)),
                     out_shardings=(state_shardings, sharding.replicated(mesh)))
   return step_fn, state_shardings
 
 
-def init_train_state(params: Any, *, cfg: ModelConfig, config: TrainConfig, mesh: Mesh,
-                     total_steps: int) -> tuple[Callable[..., Any], TrainState]:
+def init_train_state(params: Any, *, cfg: ModelConfig, config: TrainConfig, mesh: Mesh, total_steps: int,
+                     loss_factory: loss_lib.LossFactory | None = None) -> tuple[Callable[..., Any], TrainState]:
   """(the jitted, donating train step, a fresh state on `mesh` for an M-step of `total_steps` from `params`).
 
-  With LoRA the state trains fresh adapters (seeded by `config.seed`) over `params`, frozen.
+  With LoRA the state trains fresh adapters (seeded by `config.seed`) over `params`, frozen. `loss_factory` replaces
+  `config.loss_factory()` (e.g. GRPO's loss, whose settings are not TrainConfig's).
   """
   tx = make_optimizer(config)
   lora = config.lora()
-  step_fn, state_shardings = jit_train_step(cfg, tx, config.loss_factory(), mesh, lora)
+  loss_factory = config.loss_factory() if loss_factory is None else loss_factory
+  step_fn, state_shardings = jit_train_step(cfg, tx, loss_factory, mesh, lora)
   # Fresh copies: the caller's params (the base model) stay valid although the train state is donated.
   copy = lambda tree, shardings: jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings)(tree)
   if lora is None:
@@ -256,10 +267,6 @@ class FinetuneResult:
 
 # A mean loss this many times the first step's at an evaluation is reported as diverging.
 _LOSS_GROWTH_WARNING = 10.0
-
-
-def _batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp"), None))
 
 
 def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig, config: TrainConfig, mesh: Mesh,
@@ -320,7 +327,7 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
     while step < total_steps and not stop:
       for batch in batching.epoch_batches(examples, seq_len=config.seq_len, batch_rows=config.batch_rows,
                                           micro_batches=config.micro_batches, rng=rng):
-        batch = distributed.host_to_global(batch, _batch_sharding(mesh))
+        batch = distributed.host_to_global(batch, step_batch_sharding(mesh))
         with sharding.use_mesh(mesh):
           state, metrics = step_fn(state, batch)
         step += 1

@@ -1,7 +1,9 @@
 """Loss factories: `factory(cfg, batch) -> loss_fn(params) -> (loss_sum, aux)`.
 
 Losses return a SUM over tokens plus the token count in `aux`, so gradient accumulation can divide by the token
-count of the whole step, not of each micro-batch.
+count of the whole step, not of each micro-batch. (`aux["tokens"]` is the divisor; a loss may divide by something
+else, such as a number of sequences. Every other `aux` entry is summed over the micro-batches too and reported in the
+step's metrics.)
 
 Three model options reach the built-in losses as keyword arguments (`get` binds them):
   chunk_size  > 0: the cross-entropy is computed over chunks of `chunk_size` positions, each chunk's float32 logits
@@ -36,21 +38,26 @@ def _nll_of_logits(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array
   return lse_BxT - target_BxT
 
 
+def _at_temperature(logits_BxTxV: jax.Array, temperature: float) -> jax.Array:
+  return logits_BxTxV if temperature == 1.0 else logits_BxTxV / temperature
+
+
 def token_nll(cfg: ModelConfig, params: Any, batch: dict[str, jax.Array], *, chunk_size: int = 0,
-              remat: str = "none", lora: lora_lib.LoraConfig | None = None) -> jax.Array:
-  """Per-token negative log-likelihood of the batch targets, NLL_BxT (see the module docstring for the options)."""
+              remat: str = "none", lora: lora_lib.LoraConfig | None = None, temperature: float = 1.0) -> jax.Array:
+  """Per-token negative log-likelihood of the batch targets, NLL_BxT (see the module docstring for the options),
+  under softmax(logits / temperature)."""
   model = Transformer(cfg, remat=remat) if lora is None else lora_lib.model(cfg, lora, remat)
   args = (batch["tokens"], batch["positions"], causal_mask(batch["segment_ids"]))
   if chunk_size <= 0:
     logits_BxTxV, _ = model.apply({"params": params}, *args)
-    return _nll_of_logits(logits_BxTxV, batch["targets"])
+    return _nll_of_logits(_at_temperature(logits_BxTxV, temperature), batch["targets"])
   x_BxTxD, _ = model.apply({"params": params}, *args, hidden=True)
-  return chunked_nll(cfg, params, x_BxTxD, batch["targets"], chunk_size)
+  return chunked_nll(cfg, params, x_BxTxD, batch["targets"], chunk_size, temperature=temperature)
 
 
 def chunked_nll(cfg: ModelConfig, params: Any, x_BxTxD: jax.Array, targets_BxT: jax.Array,
-                chunk_size: int) -> jax.Array:
-  """NLL_BxT of the output logits of hidden states x_BxTxD, `chunk_size` positions at a time.
+                chunk_size: int, *, temperature: float = 1.0) -> jax.Array:
+  """NLL_BxT of the output logits (over `temperature`) of hidden states x_BxTxD, `chunk_size` positions at a time.
 
   A sequential map over the chunks keeps one chunk's logits alive; jax.checkpoint makes the backward pass recompute
   them per chunk instead of saving every chunk's (which would be the full B x T x V again). The head's gradient is
@@ -68,7 +75,8 @@ def chunked_nll(cfg: ModelConfig, params: Any, x_BxTxD: jax.Array, targets_BxT: 
 
   @jax.checkpoint
   def chunk_nll(head, x_Bxcx_D, targets_Bxc):
-    return _nll_of_logits(transformer.output_logits(cfg, head, x_Bxcx_D), targets_Bxc)
+    logits_BxcxV = _at_temperature(transformer.output_logits(cfg, head, x_Bxcx_D), temperature)
+    return _nll_of_logits(logits_BxcxV, targets_Bxc)
 
   nll_CxBxc = jax.lax.map(lambda xs: chunk_nll(head, *xs), (x_CxBxcxD, targets_CxBxc))
   return nll_CxBxc.swapaxes(0, 1).reshape(B, C * c)[:, :T]

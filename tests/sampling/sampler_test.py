@@ -307,3 +307,35 @@ def test_token_ids_in_and_out_without_a_tokenizer(sampler, bigram_params, random
     list(ids_only.iter_sample_ids(random_params, [[TOK.bos_id], []], **kw))
   with pytest.raises(ValueError, match="without a tokenizer needs end_ids and pad_id"):
     Sampler(CFG, None, sharding.make_mesh(devices=jax.devices()[:1]), SAMPLER_CONFIG, end_ids=(TOK.eos_id,))
+
+
+def test_logprobs_are_the_sampled_tokens_log_softmax_at_the_temperature_and_change_no_token(sampler, random_params):
+  """The sampling policy's log-probabilities (what online RL's importance ratio needs), checked against a full
+  forward of each sampled row; asking for them leaves the tokens of a seed unchanged."""
+  temperature, prompts = 0.7, ["ab", "q", "xyz"]
+  kw = dict(num_samples=2, strategy=Sampling(temperature=temperature, top_k=5), max_new_tokens=N, seed=3)
+  encoded = [_encode(p) for p in prompts]
+  with_logp = [row for _, rows in sampler.iter_sampled(random_params, encoded, with_logprobs=True, **kw)
+               for row in rows]
+  plain = [row for _, rows in sampler.iter_sampled(random_params, encoded, **kw) for row in rows]
+  assert [[c.ids for c in row] for row in with_logp] == [[c.ids for c in row] for row in plain]
+  assert all(c.logprobs is None for row in plain for c in row)
+  checked = 0
+  for ids, row in zip(encoded, with_logp):
+    for c in row:
+      assert len(c.logprobs) == len(c.ids) and c.ended == (c.ids[-1] == TOK.eos_id)
+      seq = np.zeros((1, NAIVE_LEN), np.int32)
+      seq[0, :len(ids) + len(c.ids)] = list(ids) + list(c.ids)
+      logits_TxV = np.asarray(_full_logits(random_params, seq, len(ids) + len(c.ids), CFG), np.float64)
+      for t, token in enumerate(c.ids):
+        scaled_V = logits_TxV[len(ids) + t - 1] / temperature
+        expected = scaled_V[token] - np.log(np.sum(np.exp(scaled_V - scaled_V.max()))) - scaled_V.max()
+        np.testing.assert_allclose(c.logprobs[t], expected, atol=2e-5)
+        checked += 1
+  assert checked > 20
+  # Text completions carry the same ids and log-probabilities.
+  texts = [row for _, rows in sampler.iter_completions(random_params, prompts, with_logprobs=True, **kw)
+           for row in rows]
+  assert [[(c.ids, c.logprobs) for c in row] for row in texts] == [[(c.ids, c.logprobs) for c in row]
+                                                                    for row in with_logp]
+  assert [[c.text for c in row] for row in texts] == sampler.sample(random_params, prompts, **kw)

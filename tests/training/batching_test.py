@@ -141,3 +141,17 @@ def test_epoch_batches_shuffle_between_epochs():
   first, second = (np.concatenate([b["tokens"] for b in batching.epoch_batches(examples, rng=rng, **kw)])
                    for _ in range(2))
   assert not np.array_equal(first, second)
+
+
+def test_token_values_land_on_the_completion_targets_and_must_share_keys():
+  a = Example((1, 5), (6, 2), token_values=(("v", (0.5, 0.25)),))  # Targets 5 | 6 2.
+  b = Example((1,), (7, 8, 2), token_values=(("v", (1.0, 2.0, 3.0)),))  # Targets | 7 8 2.
+  packed = batching.pack([a, b], 8, np.array([0, 1]))
+  assert packed["v"].dtype == np.float32
+  np.testing.assert_array_equal(packed["targets"][0, :5], [5, 6, 2, 7, 8])
+  np.testing.assert_array_equal(packed["v"][0], [0, 0.5, 0.25, 1, 2, 3, 0, 0])
+  assert "v" not in batching.pack([Example((1,), (7, 2))], 8, np.array([0]))
+  with pytest.raises(ValueError, match="2 values for 1 completion tokens"):
+    Example((1,), (2,), token_values=(("v", (1.0, 2.0)),))
+  with pytest.raises(ValueError, match="same keys"):
+    batching.pack([a, Example((1,), (7, 2))], 8, np.array([0, 1]))

@@ -7,9 +7,9 @@
 Arguments after the colon select a mode: "" (the full demo), "smoke" (tiny sizes), "rest" (the original ReST of
 Gulcehre et al.: Improve steps with rising reward thresholds on a scalar reward), "scalar" (ReST-EM weighting the
 loss by the partial-credit reward), "grpo" (online RL, GRPO-style, at ReST-EM's sampling budget per iteration:
-rest_jax/algorithms/grpo.py), "star" (STaR with rationalisation: rest_jax/algorithms/star.py), and "grpo_smoke",
-"star_smoke" (their tiny versions), "adaptive" (ReST-EM with the adaptive E-step: the same sampling budget in 4
-rounds, a problem stops at `cap` distinct rewarded samples, at most 32 per problem).
+rest_jax/algorithms/grpo.py), "grpo_smoke" (its tiny version), "star" (STaR with rationalisation:
+rest_jax/algorithms/star.py), "star_smoke" (its tiny version), "adaptive" (ReST-EM with the adaptive E-step: the same
+sampling budget in 4 rounds, a problem stops at `cap` distinct rewarded samples, at most 32 per problem).
 """
 
 import ml_collections

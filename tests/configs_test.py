@@ -11,6 +11,7 @@ import ml_collections
 import pytest
 
 
+from rest_jax import algorithms
 from rest_jax import experiment
 from rest_jax import main
 from rest_jax import rewards
@@ -61,7 +62,8 @@ _STUDY_CASES = [pytest.param(path, mode, id=f"{path.stem}:{mode}") for path in _
 
 def test_the_shipped_configs_are_all_found():
   assert _REPO / "configs" / "default.py" in _CONFIG_FILES
-  assert _modes(_REPO / "configs" / "default.py") == ["", "smoke", "rest", "scalar"]
+  assert _modes(_REPO / "configs" / "default.py") == ["", "smoke", "rest", "scalar", "grpo", "grpo_smoke", "star",
+                                                       "star_smoke", "adaptive"]
 
 
 _DATA_PATH_FIELDS = ("path", "gsm8k_path", "math500_path")
@@ -105,7 +107,7 @@ def test_config_builds_valid_objects(path, mode):
     assert task.split(split), split
   assert all(p.solution for p in task.split("human"))
 
-  assert config.rest.algorithm in ("rest_em", "rest")
+  assert config.rest.algorithm in algorithms.names()
   assert config.rest.num_iterations >= 1 and config.rest.samples_per_problem >= 1 and config.rest.cap >= 1
   strategies.make(config.rest.temperature, config.rest.top_k, config.rest.top_p)
   strategies.make(config.eval.temperature, top_p=config.eval.top_p)

@@ -74,6 +74,20 @@ def global_to_host(tree: Any) -> Any:
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def owns(index: int) -> bool:
+  """Whether this process does host work item `index` (round-robin over the processes), e.g. scoring a problem."""
+  return index % jax.process_count() == jax.process_index()
+
+
+def gather_owned(values: np.ndarray) -> np.ndarray:
+  """Every process's rows of `values` where it `owns` the row (the others left 0), assembled on every process."""
+  if jax.process_count() == 1:
+    return values
+  gathered = np.asarray(multihost_utils.process_allgather(values, tiled=False))  # [processes, *values.shape]
+  rows = np.arange(values.shape[0]) % jax.process_count()
+  return np.take_along_axis(gathered, rows.reshape(1, -1, *([1] * (values.ndim - 1))), axis=0)[0]
+
+
 def broadcast_from_primary(tree: Any) -> Any:
   """Process 0's value of a pytree of host arrays, on every process (e.g. rewards from a timed sandbox, which may
   differ from host to host)."""

@@ -37,7 +37,8 @@ def generate_and_score(sampler: Sampler, params: Any, problems: Sequence[tasks_l
   """`num_samples` completions per problem and their rewards.
 
   Each decoded batch goes to a pool of `workers` threads (rewards that run programs spawn sandboxed processes, so
-  threads are enough) while the next batch is decoding on the device. With several processes, all get the same result.
+  threads are enough) while the next batch is decoding on the device. With several processes, each scores its share of
+  the problems (round-robin) and all get the gathered result.
   `with_logprobs` also returns each sampled token's log-probability under the sampling policy. `sample_prompts`
   (one per problem) are what the model is conditioned on instead of the problems' prompts, which the reward still
   sees (e.g. STaR's hinted prompts).
@@ -57,23 +58,25 @@ def generate_and_score(sampler: Sampler, params: Any, problems: Sequence[tasks_l
                                        stop_strings=stop_strings, with_logprobs=with_logprobs)
     for idx, batch_sampled in batches:
       batch_completions = [[c.text for c in row] for row in batch_sampled]
-      batch_problems = [problems[i] for i in idx]
-      flat = [c for cs in batch_completions for c in cs]
-      fields = {k: [v for v in vs for _ in range(num_samples)]
-                for k, vs in tasks_lib.reward_fields(batch_problems).items()}
-      prompts = [p.prompt for p in batch_problems for _ in range(num_samples)]
-      futures[pool.submit(reward_fn, prompts, flat, **fields)] = idx
       for i, cs, row in zip(idx, batch_completions, batch_sampled):
         completions[i], sampled[i] = cs, row
+      owned = [i for i in idx if distributed.owns(i)]  # With several processes, each scores its share.
+      if owned:
+        batch_problems = [problems[i] for i in owned]
+        flat = [c for i in owned for c in completions[i]]
+        fields = {k: [v for v in vs for _ in range(num_samples)]
+                  for k, vs in tasks_lib.reward_fields(batch_problems).items()}
+        prompts = [p.prompt for p in batch_problems for _ in range(num_samples)]
+        futures[pool.submit(reward_fn, prompts, flat, **fields)] = owned
       bar.update(len(idx))
       bar.set_postfix(scored=sum(len(i) for f, i in futures.items() if f.done()))
     for future in concurrent.futures.as_completed(futures):
       idx = futures[future]
       rewards_PxN[idx] = np.asarray(future.result(), np.float32).reshape(len(idx), num_samples)
     bar.set_postfix(scored=len(problems))
-  # Every process decoded the same completions; process 0's rewards make the selection identical on all of them even
-  # when a reward is not (programs run under a wall-clock timeout).
-  rewards_PxN = distributed.broadcast_from_primary(rewards_PxN)
+  # Every process decoded the same completions and scored the problems it owns; the gathered rewards make the
+  # selection identical on all of them even when a reward is not deterministic (programs under a wall-clock timeout).
+  rewards_PxN = distributed.gather_owned(rewards_PxN)
   return Scored(completions=completions, rewards=rewards_PxN, sampled=sampled)
 
 

@@ -63,7 +63,7 @@ _STUDY_CASES = [pytest.param(path, mode, id=f"{path.stem}:{mode}") for path in _
 def test_the_shipped_configs_are_all_found():
   assert _REPO / "configs" / "default.py" in _CONFIG_FILES
   assert _modes(_REPO / "configs" / "default.py") == ["", "smoke", "rest", "scalar", "grpo", "grpo_smoke", "star",
-                                                       "star_smoke", "adaptive"]
+                                                       "star_smoke", "adaptive", "base_small", "base_large"]
 
 
 _DATA_PATH_FIELDS = ("path", "gsm8k_path", "math500_path")

@@ -205,3 +205,22 @@ def test_single_process_helpers_are_the_plain_calls():
   assert distributed.is_primary()
   distributed.barrier("a no-op with one process")
   distributed.check_shared_directory(pathlib.Path("/nonexistent"))  # A no-op with one process.
+
+
+def test_each_process_scores_its_share_and_all_get_every_reward(monkeypatch):
+  """Scoring is split round-robin over the processes (`owns`) and gathered (`gather_owned`): simulated here for 3
+  processes with a stand-in all-gather; the two-process runs above check it end to end against one process."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  rewards_PxN = np.arange(14, dtype=np.float32).reshape(7, 2) + 1
+  monkeypatch.setattr(jax, "process_count", lambda: 3)
+  shares = []
+  for process in range(3):
+    monkeypatch.setattr(jax, "process_index", lambda process=process: process)
+    owned = [i for i in range(7) if distributed.owns(i)]
+    assert owned == list(range(process, 7, 3))
+    share = np.zeros_like(rewards_PxN)
+    share[owned] = rewards_PxN[owned]
+    shares.append(share)
+  monkeypatch.setattr(multihost_utils, "process_allgather", lambda x, tiled: np.stack(shares))
+  np.testing.assert_array_equal(distributed.gather_owned(shares[1]), rewards_PxN)

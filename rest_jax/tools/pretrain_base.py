@@ -1,11 +1,15 @@
 """Trains the base model of an embedded task from scratch on its human-written solutions.
 
   python -m rest_jax.tools.pretrain_base --config=configs/default.py --output=rest_jax/assets/arithmetic_base
+  python -m rest_jax.tools.pretrain_base --config=configs/default.py:base_small \
+      --output=rest_jax/assets/arithmetic_base_small   # and :base_large (configs/default.py lists the sizes)
 
-The checkpoint keeps the validation-best step (greedy pass@1 on the val split) and records how it was made.
+The checkpoint keeps the validation-best step (greedy pass@1 on the val split) and records how it was made, and in
+how long (`wall_s`: from building the task to the end of training, on whatever machine ran it).
 """
 
 import json
+import time
 
 import jax
 from absl import app, flags, logging
@@ -23,6 +27,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing checkpoi
 
 
 def pretrain(config, output: str, overwrite: bool = False) -> dict:
+  t0 = time.time()
   task = tasks.from_config(config.task)
   tokenizer = tokenizers.load(config.base.tokenizer or tokenizers.default_tokenizer_path(config.task.name))
   cfg = ModelConfig(vocab_size=tokenizer.vocab_size, **config.pretrain.model.to_dict())
@@ -45,7 +50,8 @@ def pretrain(config, output: str, overwrite: bool = False) -> dict:
   result = train(params, examples, cfg=cfg, config=train_config, mesh=mesh, val_fn=val_fn, desc="pretrain")
   metadata = {"model_config": cfg.to_dict(), "made_by": "rest_jax.tools.pretrain_base",
               "task": config.task.to_dict(), "pretrain": config.pretrain.to_dict(), "best_step": result.best_step,
-              "best_val_pass@1": result.best_val, "steps": result.steps, "history": result.history}
+              "best_val_pass@1": result.best_val, "steps": result.steps, "history": result.history,
+              "wall_s": time.time() - t0}
   checkpoints.save(output, result.params, metadata=json.loads(json.dumps(metadata, default=list)),
                    overwrite=overwrite)
   return metadata

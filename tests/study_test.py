@@ -1,8 +1,7 @@
 """End-to-end tests of a study (rest_jax/study.py) on configs/study_default.py:smoke, and its checks.
 
 One module fixture runs the smoke study once, uninterrupted; the resume test runs it again, interrupted in its
-second run, and expects the same report bytes. The smoke study's "small" base is a tiny random model made here
-(its shipped counterpart is not needed to test the sweep).
+third run, and expects the same report bytes.
 """
 
 import json
@@ -12,7 +11,6 @@ import re
 import subprocess
 import sys
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -23,7 +21,6 @@ from rest_jax import errors
 from rest_jax import experiment
 from rest_jax import main
 from rest_jax import study
-from rest_jax import tokenizers
 from rest_jax.model import sharding
 from rest_jax.model.transformer import ModelConfig, param_count
 
@@ -38,21 +35,15 @@ def _smoke(small_base: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
-@pytest.fixture(scope="module")
-def small_base(tmp_path_factory) -> str:
-  tokenizer = tokenizers.load(tokenizers.default_tokenizer_path("arithmetic"))
-  cfg = ModelConfig(vocab_size=tokenizer.vocab_size, num_layers=1, embed_dim=16, num_heads=2, num_kv_heads=1,
-                    head_dim=8, mlp_dim=32)
-  params = sharding.init_params(cfg, sharding.make_mesh(devices=jax.devices()[:1]), jax.random.key(0))
-  path = tmp_path_factory.mktemp("bases") / "tiny_base"
-  checkpoints.save(path, params, metadata={"model_config": cfg.to_dict()})
-  return str(path)
+def _param_count(base: str) -> int:
+  cfg = ModelConfig.from_dict(checkpoints.load_metadata(experiment.shipped_or_path(base))["model_config"])
+  return param_count(sharding.abstract_params(cfg, boxed=False))
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, small_base) -> pathlib.Path:
+def finished(tmp_path_factory) -> pathlib.Path:
   workdir = tmp_path_factory.mktemp("study") / "full"
-  assert study.run(_smoke(small_base), workdir) == str(workdir / "study_report.md")
+  assert study.run(_smoke(), workdir) == str(workdir / "study_report.md")
   return workdir
 
 
@@ -89,7 +80,7 @@ def test_each_run_once_in_its_own_workdir_the_medium_size_reusing_the_main_runs(
   assert saved["study"]["seeds"] == list(seeds)
 
 
-def test_report_has_every_section_with_numbers_from_the_runs(finished, small_base):
+def test_report_has_every_section_with_numbers_from_the_runs(finished):
   report = (finished / "study_report.md").read_text()
   for title in ("## Summary", "## Test accuracy per iteration", "## Sample efficiency", "## Stability", "## Scaling",
                 "## Overfitting", "## Runs", "## Study config"):
@@ -127,16 +118,15 @@ def test_report_has_every_section_with_numbers_from_the_runs(finished, small_bas
                                f"{len(seeds)} seeds, {100 * (finals[top] - finals[other]):.1f} points above the "
                                f"next arm, **{other}**"), headline
 
-  # Scaling: the small base's parameter count and ReST-EM's final gain over its own base at that size.
-  cfg = ModelConfig.from_dict(checkpoints.load_metadata(small_base)["model_config"])
+  # Scaling: each base's parameter count, and ReST-EM's final gain over its own base at the small size.
   small = [_evals(finished / f"runs/rest_em/seed_{s}/size_small") for s in seeds]
   gains = [100 * (e[("rest_em", last, "test")]["pass@1"] - e[("rest_em", 0, "test")]["pass@1"]) for e in small]
   row = _row(_section(report, "## Scaling"), "rest_em | small")
-  assert row[2] == f"{param_count(sharding.abstract_params(cfg, boxed=False)):,}"
+  assert row[2] == f"{_param_count(_smoke().study.sizes.small):,}"
   assert row[-1].startswith(f"{round(np.mean(gains), 1) + 0.0:+.1f} ± ")
-  medium = ModelConfig.from_dict(checkpoints.load_metadata(experiment._asset("arithmetic_base"))["model_config"])
   row = _row(_section(report, "## Scaling"), "rest_em | medium")
-  assert row[2] == f"{param_count(sharding.abstract_params(medium, boxed=False)):,}"
+  assert row[2] == f"{_param_count(_smoke().study.sizes.medium):,}"
+  assert _param_count(_smoke().study.sizes.small) < _param_count(_smoke().study.sizes.medium)
 
   # Overfitting: train vs test at the base, for SFT.
   train = [e[("sft_human", 0, "train")]["pass@1"] for e in sft]
@@ -147,10 +137,10 @@ def test_report_has_every_section_with_numbers_from_the_runs(finished, small_bas
     assert (finished / "plots" / name).read_bytes().startswith(b"\x89PNG"), name
 
 
-def test_rerun_of_a_finished_study_runs_nothing_and_rewrites_the_same_report(finished, small_base, monkeypatch):
+def test_rerun_of_a_finished_study_runs_nothing_and_rewrites_the_same_report(finished, monkeypatch):
   before = (finished / "study_report.md").read_bytes()
   monkeypatch.setattr(experiment, "run", lambda *a: pytest.fail("a finished run was run again"))
-  study.run(_smoke(small_base), finished)
+  study.run(_smoke(), finished)
   assert (finished / "study_report.md").read_bytes() == before
 
 
@@ -158,7 +148,7 @@ class _Killed(Exception):
   """Stands for a kill of the process mid-run."""
 
 
-def test_interrupted_study_resumes_to_the_same_report(finished, small_base, tmp_path, monkeypatch):
+def test_interrupted_study_resumes_to_the_same_report(finished, tmp_path, monkeypatch):
   real_run, real_mstep = experiment.run, experiment.Experiment.mstep
   calls = []
 
@@ -169,15 +159,15 @@ def test_interrupted_study_resumes_to_the_same_report(finished, small_base, tmp_
 
   def run(config, workdir):
     calls.append(pathlib.Path(workdir).relative_to(tmp_path).as_posix())
-    if kill_second and len(calls) == 3:
+    if kill_third and len(calls) == 3:
       monkeypatch.setattr(experiment.Experiment, "mstep", killed_mstep)
     return real_run(config, workdir)
 
   monkeypatch.setattr(experiment, "run", run)
-  kill_second = True
+  kill_third = True
   with pytest.raises(_Killed):
-    study.run(_smoke(small_base), tmp_path)
-  kill_second = False
+    study.run(_smoke(), tmp_path)
+  kill_third = False
   assert calls == ["runs/rest_em/seed_0", "runs/sft_human/seed_0", "runs/rest_em/seed_1"]
   assert list(study.finished_runs(tmp_path)) == ["runs/rest_em/seed_0", "runs/sft_human/seed_0"]
   partial = (tmp_path / "study_report.md").read_text()
@@ -185,7 +175,7 @@ def test_interrupted_study_resumes_to_the_same_report(finished, small_base, tmp_
 
   monkeypatch.setattr(experiment.Experiment, "mstep", real_mstep)
   calls.clear()
-  study.run(_smoke(small_base), tmp_path)
+  study.run(_smoke(), tmp_path)
   assert calls == ["runs/rest_em/seed_1", "runs/sft_human/seed_1", "runs/rest_em/seed_0/size_small",
                    "runs/rest_em/seed_1/size_small"]
   assert (tmp_path / "study_report.md").read_bytes() == (finished / "study_report.md").read_bytes()
@@ -195,11 +185,11 @@ def _tree(workdir: pathlib.Path) -> dict[str, tuple]:
   return {str(p.relative_to(workdir)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(workdir.rglob("*"))}
 
 
-def test_a_changed_study_config_is_refused_in_one_line(finished, small_base):
+def test_a_changed_study_config_is_refused_in_one_line(finished):
   before = _tree(finished)
   result = subprocess.run(
       [sys.executable, "-m", "rest_jax.main", f"--config={_SMOKE}", f"--workdir={finished}",
-       f"--config.study.sizes.small={small_base}", "--config.study.seeds=(0, 5)"],
+       "--config.study.seeds=(0, 5)"],
       cwd=_REPO, capture_output=True, text=True, timeout=600,
       env={**os.environ, "PYTHONPATH": str(_REPO)})
   assert result.returncode == 1, result.stderr[-2000:]

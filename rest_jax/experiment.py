@@ -127,13 +127,24 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def shipped_or_path(path: str) -> str:
+  """`path`, or the shipped base under rest_jax/assets that a bare name ("arithmetic_base_small") names."""
+  if path and "/" not in path and os.path.isdir(_asset(path)):
+    return _asset(path)
+  return path
+
+
+def base_path(config: ml_collections.ConfigDict) -> str:
+  """Where the base model of `config` is read from: `base.checkpoint`, or the task's shipped base when it is empty."""
+  return shipped_or_path(config.base.checkpoint or DEFAULT_BASE.get(config.task.name, ""))
+
+
 def load_model(path: str, config: ml_collections.ConfigDict, mesh: Any, *, field: str = "base.checkpoint"
                ) -> tuple[ModelConfig, Any, tokenizers.Tokenizer, tuple[int, ...]]:
   """A model (a rest_jax (Orbax) checkpoint, a Hugging Face checkpoint directory, or a GGUF file; a bare name is a
   shipped base under rest_jax/assets), its tokenizer and the ids that end a completion (instruct models have several:
   end of text and end of turn). Errors name `field`, the config field that gave `path`."""
-  if path and "/" not in path and os.path.isdir(_asset(path)):  # A shipped base named bare: "arithmetic_base_small".
-    path = _asset(path)
+  path = shipped_or_path(path)
   if path.endswith(".gguf") or os.path.isfile(os.path.join(path, "config.json")):
     from rest_jax import models  # pylint: disable=g-import-not-at-top  (pretrained-model readers load lazily)
 
@@ -158,7 +169,7 @@ def load_model(path: str, config: ml_collections.ConfigDict, mesh: Any, *, field
 def _load_base(config: ml_collections.ConfigDict, mesh: Any
                ) -> tuple[ModelConfig, Any, tokenizers.Tokenizer, tuple[int, ...]]:
   """The base model of `config` (`base.checkpoint`, or the task's shipped base): see `load_model`."""
-  return load_model(config.base.checkpoint or DEFAULT_BASE.get(config.task.name, ""), config, mesh)
+  return load_model(base_path(config), config, mesh)
 
 
 @dataclasses.dataclass(frozen=True)

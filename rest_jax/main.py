@@ -1,7 +1,14 @@
-"""Runs a ReST-EM experiment from a config file; the logic lives in rest_jax.experiment.
+"""Runs a ReST-EM experiment (or a study of several) from a config file; the logic lives in rest_jax.experiment
+(and rest_jax.study).
 
   python -m rest_jax.main --config=configs/default.py --workdir=runs/demo
   python -m rest_jax.main --config=configs/default.py:smoke --workdir=/tmp/smoke --config.rest.num_iterations=1
+
+A config with a `study` block (configs/study_default.py) runs a study instead: several methods x seeds (x base sizes)
+on one task, one experiment after another in WORKDIR/runs/, with one side-by-side WORKDIR/study_report.md
+(rest_jax/study.py); the same flags apply, and a rerun resumes it:
+
+  python -m rest_jax.main --config=configs/study_default.py:smoke --workdir=/tmp/study_smoke
 
 On several hosts (a TPU pod: the same command on every worker, see launch/README.md), each process joins JAX's
 distributed runtime first; the workdir must be shared by all of them:
@@ -23,6 +30,7 @@ from rest_jax import config_files
 from rest_jax import distributed
 from rest_jax import errors
 from rest_jax import experiment
+from rest_jax import study
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file[:mode].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, samples, metrics and the report go.",
@@ -67,7 +75,10 @@ def main(argv):
   def run():
     if _DISTRIBUTED.value:
       distributed.initialize(**cluster)
-    experiment.run(_CONFIG.value, _WORKDIR.value)
+    if "study" in _CONFIG.value:
+      study.run(_CONFIG.value, _WORKDIR.value)
+    else:
+      experiment.run(_CONFIG.value, _WORKDIR.value)
 
   return errors.run_reported(run, workdir=_WORKDIR.value, verbose=_VERBOSE.value)
 

@@ -49,7 +49,15 @@ def _load(path: pathlib.Path):
   return module
 
 
-_CASES = [pytest.param(path, mode, id=f"{path.stem}:{mode}") for path in _CONFIG_FILES for mode in _modes(path)]
+def _is_study(path: pathlib.Path) -> bool:
+  """A study config (rest_jax/study.py) holds a `study` block around an experiment config."""
+  return "study" in _load(path).get_config()
+
+
+_CASES = [pytest.param(path, mode, id=f"{path.stem}:{mode}") for path in _CONFIG_FILES for mode in _modes(path)
+          if not _is_study(path)]
+_STUDY_CASES = [pytest.param(path, mode, id=f"{path.stem}:{mode}") for path in _CONFIG_FILES
+                for mode in _modes(path) if _is_study(path)]
 
 
 def test_the_shipped_configs_are_all_found():
@@ -127,6 +135,29 @@ def test_config_builds_valid_objects(path, mode):
   human = task.split("human")
   examples = make_examples(tokenizer, [p.prompt for p in human], [p.solution for p in human])
   assert max(len(e) for e in examples) <= config.train.seq_len
+
+
+def test_the_study_configs_are_found():
+  assert [p.values for p in _STUDY_CASES] == [(_REPO / "configs" / "study_default.py", ""),
+                                              (_REPO / "configs" / "study_default.py", "smoke")]
+
+
+@pytest.mark.parametrize("path, mode", _STUDY_CASES)
+def test_study_config_validates_every_run(path, mode):
+  """The whole study checks (every run's experiment config too), and each run's experiment builds its task."""
+  from rest_jax import study  # pylint: disable=g-import-not-at-top
+
+  config = _load(path).get_config(mode)
+  if mode == "":
+    assert _load(path).get_config() == config
+  plan = study.plan(config)
+  slots = plan.slots
+  assert len(slots) == len(plan.arms) * len(plan.seeds) + len(plan.size_arms) * len(plan.seeds) * len(plan.sizes)
+  assert {(s.arm, s.seed) for s in slots if s.size is None} == {(a.name, s) for a in plan.arms for s in plan.seeds}
+  for run in plan.runs:
+    task = tasks.from_config(run.config.task)
+    assert set(run.config.eval.splits) <= set(task.splits)
+    assert run.config.task.kwargs.seed == config.study.experiment.task.kwargs.seed  # The same problems in every run.
 
 
 @pytest.mark.parametrize("path", _CONFIG_FILES, ids=lambda p: p.stem)

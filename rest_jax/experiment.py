@@ -24,7 +24,7 @@ import os
 import pathlib
 import tempfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -75,24 +75,30 @@ def _result_neutral(field: str) -> bool:
   return any(field == name or name.endswith(".") and field.startswith(name) for name in _RESULT_NEUTRAL_FIELDS)
 
 
+def check_saved_config(path: pathlib.Path, config: ml_collections.ConfigDict, *, what: str,
+                       neutral: Callable[[str], bool], added: Mapping[str, Any]) -> None:
+  """A rerun resumes only the same `what` ("run", "study"): a different config in the workdir whose config is saved
+  at `path` would mix results. Fields `neutral` accepts may differ; `added` gives fields added since, at the value
+  every earlier config had."""
+  if not path.exists():
+    return
+  try:
+    saved = _flat(json.loads(path.read_text()))
+  except json.JSONDecodeError as error:
+    raise errors.UserError(f"{path}: not valid JSON ({error.msg}, line {error.lineno}); it records the config of "
+                           f"the {what} in this workdir: restore it, or use a new --workdir") from None
+  current = _flat(json.loads(config.to_json()))
+  saved = {**{k: v for k, v in added.items() if k in current}, **saved}
+  diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k) and not neutral(k))
+  if diff:
+    shown = ", ".join(f"{k} ({saved.get(k, '(none)')!r} there, {current.get(k, '(none)')!r} now)" for k in diff[:3])
+    more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+    raise errors.UserError(f"{path}: the workdir holds a {what} with a different config (fields {shown}{more}); "
+                           "rerun with its config to resume it, or give a new --workdir for this one")
+
+
 def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-  """A rerun resumes only the same experiment: a different config in the same workdir would mix results."""
-  path = workdir / "config.json"
-  if path.exists():
-    try:
-      saved = _flat(json.loads(path.read_text()))
-    except json.JSONDecodeError as error:
-      raise errors.UserError(f"{path}: not valid JSON ({error.msg}, line {error.lineno}); it records the config of "
-                             "the run in this workdir: restore it, or use a new --workdir") from None
-    current = _flat(json.loads(config.to_json()))
-    saved = {**{k: v for k, v in _ADDED_FIELDS.items() if k in current}, **saved}
-    diff = sorted(k for k in set(saved) | set(current)
-                  if saved.get(k) != current.get(k) and not _result_neutral(k))
-    if diff:
-      shown = ", ".join(f"{k} ({saved.get(k, '(none)')!r} there, {current.get(k, '(none)')!r} now)" for k in diff[:3])
-      more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
-      raise errors.UserError(f"{path}: the workdir holds a run with a different config (fields {shown}{more}); rerun "
-                             "with its config to resume it, or give a new --workdir for this one")
+  check_saved_config(workdir / "config.json", config, what="run", neutral=_result_neutral, added=_ADDED_FIELDS)
 
 
 def _check_writable(workdir: pathlib.Path) -> None:
@@ -106,15 +112,19 @@ def _check_writable(workdir: pathlib.Path) -> None:
                            "another --workdir") from None
 
 
-def _write_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-  path = workdir / "config.json"
+def write_config_once(path: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """Saves `config` as JSON at `path` atomically, unless a config is saved there already."""
   if path.exists():
     return
-  current = json.loads(config.to_json())
-  workdir.mkdir(parents=True, exist_ok=True)
+  path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
+  tmp.write_text(json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True))
   os.replace(tmp, path)
+
+
+def config_summary(config: ml_collections.ConfigDict) -> str:
+  """Every field of `config`, one `name = value` line each, sorted: the report's record of its config."""
+  return "\n".join(f"{k} = {v}" for k, v in sorted(_flat(json.loads(config.to_json())).items()))
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -243,7 +253,7 @@ class Experiment:
     strategies.make(config.rest.temperature, config.rest.top_k, config.rest.top_p)
     strategies.make(config.eval.temperature, top_p=config.eval.top_p)
     if distributed.is_primary():
-      _write_workdir_config(workdir, config)  # Only once the config proved usable.
+      write_config_once(workdir / "config.json", config)  # Only once the config proved usable.
     return cls(config=config, workdir=workdir, task=task, mesh=mesh, cfg=cfg, base_params=base_params,
                sampler=sampler, store=checkpoints.IterationCheckpoints(workdir / "checkpoints"),
                log=reporting.MetricsLog(workdir, read_only=not distributed.is_primary(), wandb=(
@@ -493,9 +503,8 @@ class Experiment:
   def report(self) -> str:
     if not distributed.is_primary():
       return str(self.workdir / "report.md")  # Written by process 0.
-    summary = "\n".join(f"{k} = {v}" for k, v in sorted(_flat(json.loads(self.config.to_json())).items()))
     return reporting.write_report(self.workdir, self.log.evals(), self.log.stages(), title=self.config.title,
-                                  config_summary=summary)
+                                  config_summary=config_summary(self.config))
 
 
 def _write_samples(path: pathlib.Path, samples: list[selection.Sample]) -> None:

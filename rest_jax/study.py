@@ -286,41 +286,11 @@ def _base_params(path: str, field: str) -> int | None:
                          "base (rest_jax/assets/<name>), a Hugging Face directory or a .gguf file")
 
 
-def _flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return experiment._flat(json.loads(config.to_json()))  # pylint: disable=protected-access
-
-
 def _neutral(field: str) -> bool:
   prefix = "study.experiment."
+  inner = field.removeprefix(prefix)
   return field in _NEUTRAL_FIELDS or (field.startswith(prefix)
-                                      and experiment._result_neutral(field.removeprefix(prefix)))  # pylint: disable=protected-access
-
-
-def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-  """A rerun resumes only the same study: a different one in the same workdir would mix results."""
-  path = workdir / "study_config.json"
-  if not path.exists():
-    return
-  try:
-    saved = experiment._flat(json.loads(path.read_text()))  # pylint: disable=protected-access
-  except json.JSONDecodeError as error:
-    raise errors.UserError(f"{path}: not valid JSON ({error.msg}, line {error.lineno}); it records the config of "
-                           "the study in this workdir: restore it, or use a new --workdir") from None
-  current = _flat_config(config)
-  added = {f"study.experiment.{k}": v for k, v in experiment._ADDED_FIELDS.items()}  # pylint: disable=protected-access
-  saved = {**{k: v for k, v in added.items() if k in current}, **saved}
-  diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k) and not _neutral(k))
-  if diff:
-    shown = ", ".join(f"{k} ({saved.get(k, '(none)')!r} there, {current.get(k, '(none)')!r} now)" for k in diff[:3])
-    more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
-    raise errors.UserError(f"{path}: the workdir holds a study with a different config (fields {shown}{more}); "
-                           "rerun with its config to resume it, or give a new --workdir for this one")
-
-
-def _write_json_atomic(path: pathlib.Path, data: Any) -> None:
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-  os.replace(tmp, path)
+                                      and experiment._result_neutral(inner))  # pylint: disable=protected-access
 
 
 def finished_runs(workdir: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -346,10 +316,6 @@ def _record_finished(workdir: pathlib.Path, record: Mapping[str, Any]) -> None:
     os.fsync(f.fileno())
 
 
-def _summary(config: ml_collections.ConfigDict) -> str:
-  return "\n".join(f"{k} = {v}" for k, v in sorted(_flat_config(config).items()))
-
-
 def write_report(workdir: str | os.PathLike, study: Plan, base_params: Mapping[str, int | None],
                  config: ml_collections.ConfigDict) -> str:
   """Rewrites WORKDIR/study_report.md and plots/ from the finished runs' files; returns the report path."""
@@ -357,7 +323,7 @@ def write_report(workdir: str | os.PathLike, study: Plan, base_params: Mapping[s
            for run in study.runs for slot in run.slots]
   return study_report.write_report(workdir, slots, arms=[(a.name, a.method) for a in study.arms],
                                    finished=set(finished_runs(workdir)), num_runs=len(study.runs),
-                                   title=study.title, config_summary=_summary(config))
+                                   title=study.title, config_summary=experiment.config_summary(config))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
@@ -375,9 +341,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
   base_params = {r.path: counts[r.base] for r in study.runs}
   if distributed.is_primary():
     experiment._check_writable(workdir)  # pylint: disable=protected-access
-  _check_workdir_config(workdir, config)
-  if distributed.is_primary() and not (workdir / "study_config.json").exists():
-    _write_json_atomic(workdir / "study_config.json", json.loads(config.to_json()))
+  # A rerun resumes only the same study: a different one in the same workdir would mix results.
+  added = {f"study.experiment.{k}": v for k, v in experiment._ADDED_FIELDS.items()}  # pylint: disable=protected-access
+  experiment.check_saved_config(workdir / "study_config.json", config, what="study", neutral=_neutral, added=added)
+  if distributed.is_primary():
+    experiment.write_config_once(workdir / "study_config.json", config)
   logging.info("rest_jax study: %d runs (%s x %d seeds, sizes %s); workdir %s", len(study.runs),
                ", ".join(a.name for a in study.arms), len(study.seeds), ", ".join(study.sizes) or "none", workdir)
   for i, r in enumerate(study.runs, start=1):

@@ -88,6 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampler.prompt_buckets = (16, 32, 64, 128)
   c.sampler.max_new_tokens = 80
   c.sampler.reward_workers = 2  # Host threads scoring completions while the device decodes.
+  c.sampler.dtype = ""  # Sampling compute, weight and KV-cache dtype: "" (the model's own), "bfloat16", "float32".
 
   # The EM loop.
   c.rest = ml_collections.ConfigDict()

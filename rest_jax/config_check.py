@@ -119,6 +119,7 @@ RULES: dict[str, Rule] = {
     "sampler.prompt_buckets": Rule((int,), low=1, each=True, nonempty=True),
     "sampler.max_new_tokens": _count(),
     "sampler.reward_workers": _count(),
+    "sampler.dtype": Rule((str,), choices=lambda: ("", "float32", "bfloat16")),  # "": the model's own dtype.
     "rest.algorithm": Rule((str,), choices=_algorithms),
     "rest.num_iterations": _count(),
     "rest.samples_per_problem": _count(),

@@ -68,7 +68,8 @@ _RESULT_NEUTRAL_FIELDS = ("title", "sampler.reward_workers", "report.")
 # Fields added since, with the value every run before them had: a workdir from before them resumes at that value.
 _ADDED_FIELDS = {"rest.estep.rounds": 1, "rest.estep.max_samples_per_problem": 0,
                  "train.lora_rank": 0, "train.lora_alpha": 16.0,
-                 "train.lora_modules": ["q", "k", "v", "o", "gate", "up", "down"], "train.lora_base_quant": "none"}
+                 "train.lora_modules": ["q", "k", "v", "o", "gate", "up", "down"], "train.lora_base_quant": "none",
+                 "sampler.dtype": ""}
 
 
 def _result_neutral(field: str) -> bool:
@@ -513,7 +514,8 @@ def _write_samples(path: pathlib.Path, samples: list[selection.Sample]) -> None:
 
 
 def _sampler_config(config: ml_collections.ConfigDict) -> SamplerConfig:
-  return SamplerConfig(batch_rows=config.sampler.batch_rows, prompt_buckets=tuple(config.sampler.prompt_buckets))
+  return SamplerConfig(batch_rows=config.sampler.batch_rows, prompt_buckets=tuple(config.sampler.prompt_buckets),
+                       dtype=config.sampler.get("dtype", "") or None)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -153,6 +153,13 @@ class SamplerConfig:
   max_total_len: int | None = None  # Longest prompt bucket + max_new_tokens allowed (the model's context).
   # Decode segments: a step attends to generated slots up to the next of these (compiles one loop body each).
   attend_buckets: tuple[int, ...] = DEFAULT_ATTEND_BUCKETS
+  # Compute, weight and KV-cache dtype of sampling ("bfloat16", "float32"); None: the model's own. The caller's
+  # (training) parameters are not changed: the sampler casts its device copy. Log-probabilities stay float32.
+  dtype: str | None = None
+
+  def __post_init__(self):
+    if self.dtype not in (None, "float32", "bfloat16"):
+      raise ValueError(f"sampler.dtype must be float32 or bfloat16 (or empty for the model's own), got {self.dtype!r}")
 
 
 class Sampler:
@@ -173,6 +180,8 @@ class Sampler:
     if not self.end_ids:
       raise ValueError("Sampler end_ids must name at least one id")
     self._param_shardings = sharding.param_shardings(cfg, mesh)
+    # The model as it samples: compute (and so the KV cache, `init_sampling_cache`) in the sampling dtype.
+    self._sample_cfg = cfg if config.dtype is None else dataclasses.replace(cfg, dtype=config.dtype)
 
   def _bucket(self, n: int, index: int) -> int:
     for b in sorted(self.config.prompt_buckets):
@@ -218,6 +227,8 @@ class Sampler:
     stop_sequences = tuple(tuple(int(t) for t in seq) for seq in stop_sequences if len(seq))
     stop_sequences += tuple((e,) for e in other_ends)
     params = jax.device_put(params, self._param_shardings)
+    if self.config.dtype is not None:
+      params = _cast_floats(params, self.config.dtype)
 
     batches = [(L, idx[i:i + per_call]) for L, idx in sorted(by_bucket.items()) for i in range(0, len(idx), per_call)]
 
@@ -231,8 +242,8 @@ class Sampler:
       prompt_PxL, pad_P = sharding.shard_batch((prompt_PxL, pad_P), self.mesh)
       rng = jax.random.fold_in(jax.random.key(seed), batch_index)
       with sharding.use_mesh(self.mesh):
-        return sample_tokens(params, prompt_PxL, pad_P, rng, cfg=self.cfg, strategy=strategy, num_samples=num_samples,
-                             max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=self.pad_id,
+        return sample_tokens(params, prompt_PxL, pad_P, rng, cfg=self._sample_cfg, strategy=strategy,
+                             num_samples=num_samples, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=self.pad_id,
                              stop_sequences=stop_sequences, attend_buckets=tuple(self.config.attend_buckets),
                              with_logprobs=with_logprobs)
 
@@ -299,6 +310,12 @@ class Completion(Sampled):
   """A `Sampled` continuation with its text: decoded without the end id, cut at the first stop string."""
 
   text: str = ""
+
+
+@functools.partial(jax.jit, static_argnames="dtype")
+def _cast_floats(params: Any, dtype: str) -> Any:
+  """The floating-point parameters in `dtype`, on device and in their shards (integer leaves unchanged)."""
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
 
 def _truncate(text: str, stop_strings: Sequence[str]) -> str:

@@ -339,3 +339,17 @@ def test_logprobs_are_the_sampled_tokens_log_softmax_at_the_temperature_and_chan
   assert [[(c.ids, c.logprobs) for c in row] for row in texts] == [[(c.ids, c.logprobs) for c in row]
                                                                     for row in with_logp]
   assert [[c.text for c in row] for row in texts] == sampler.sample(random_params, prompts, **kw)
+
+
+def test_float32_sampling_dtype_is_bit_identical_and_bfloat16_caches_in_bfloat16(sampler, random_params):
+  prompts = ["ab", "abcdefg", "q", "xyz"]
+  kw = dict(num_samples=1, strategy=Greedy(), max_new_tokens=N, seed=0)
+  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  f32 = Sampler(CFG, TOK, mesh, dataclasses.replace(SAMPLER_CONFIG, dtype="float32"))
+  assert f32.sample(random_params, prompts, **kw) == sampler.sample(random_params, prompts, **kw)
+  bf16 = Sampler(CFG, TOK, mesh, dataclasses.replace(SAMPLER_CONFIG, dtype="bfloat16"))
+  assert bf16._sample_cfg.dtype == "bfloat16"
+  cache = jax.eval_shape(lambda: sampler_lib.init_sampling_cache(bf16._sample_cfg, 1, L, 1, N))
+  assert all(x.dtype == jnp.bfloat16 for layer in cache for x in layer.values())
+  with pytest.raises(ValueError, match="sampler.dtype"):
+    SamplerConfig(dtype="int4")

@@ -25,6 +25,8 @@ The model of each mode (checkpoint path, mesh, train batch) is configs/paper_mat
 Memory: as configs/paper_math.py (16P bytes of train state over the fsdp axis), with longer sequences: APPS prompts
 run to ~2,000 tokens and programs to 1,024, so the sampler keeps half the rows per call of the MATH configs (the KV
 cache per row grows with prompt bucket + new tokens: gemma2b 18 KiB, gemma7b 448 KiB, llama3_8b 128 KiB per token).
+With T = 3072 the loss's logits and remat's residuals are 1.2x configs/paper_math.py's figures (gemma2b plain loss
+12.6 GB per chip: use train.loss_chunk_size); LoRA's train state is the same as there.
 Rewards: 64 samples x ~2,600 problems = 166k programs per E-step; at ~30 programs/s per host core (see
 benchmarks/code_reward_throughput.py) a TPU VM's 96+ host cores score them in about a minute, while the device decodes.
 """

@@ -33,6 +33,15 @@ layers x 2 x kv_heads x head_dim x 2 bytes, rows sharded over data x fsdp. The t
   llama3_8b P = 8.03e9, mesh fsdp 8 on one 8-GPU H100/H200 host (80 / 141 GB each): training 128 GB / 8 = 16 GB per
             GPU; sampling 4 GB of params + KV (8 kv heads x 128 x 32 layers = 128 KiB per token; 512 rows x 2048
             tokens = 137 GB) / 8 = 17 GB per GPU.
+The loss, remat and LoRA (train rows per chip per micro-batch r: gemma2b 64 / 16 = 4, gemma7b 64 / 4 / 16 = 1,
+llama3_8b 64 / 4 / 8 = 2; T = 2560). The plain loss holds float32 logits r x T x V x 4 bytes (and as much again for
+their gradient): gemma2b 10.5 GB, gemma7b 2.6 GB, llama3_8b 2.6 GB per chip (V 256000, 256000, 128256), which is
+too much beside gemma2b's 5.0 GB of train state on a 16 GB chip: add --config.train.loss_chunk_size=256 (1.0 GB;
+0.26 GB for the others).
+--config.train.remat=full keeps one bfloat16 residual per block, r x T x D x 2 x layers: 0.76 GB, 0.44 GB, 1.3 GB per
+chip, instead of every block's activations. --config.train.lora_rank=16 trains adapters only: the train state is the
+frozen float32 base, 4P over fsdp (1.3 GB, 2.1 GB, 4.0 GB per chip, against 16P's 5.0, 8.5 and 16 GB) plus adapters
+and their moments (well under 1% of P); with train.lora_base_quant=int8 the base is about 1P (0.31, 0.53, 1.0 GB).
 """
 
 import pathlib

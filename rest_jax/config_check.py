@@ -19,6 +19,7 @@ from rest_jax import errors
 from rest_jax import rewards
 from rest_jax import tasks
 from rest_jax.model import transformer
+from rest_jax.sampling import sampler
 from rest_jax.tasks import registry as task_registry
 from rest_jax.training import finetune
 from rest_jax.training import lora
@@ -119,7 +120,7 @@ RULES: dict[str, Rule] = {
     "sampler.prompt_buckets": Rule((int,), low=1, each=True, nonempty=True),
     "sampler.max_new_tokens": _count(),
     "sampler.reward_workers": _count(),
-    "sampler.dtype": Rule((str,), choices=lambda: ("", "float32", "bfloat16")),  # "": the model's own dtype.
+    "sampler.dtype": Rule((str,), choices=lambda: ("", *sampler.DTYPES)),  # "": the model's own dtype.
     "rest.algorithm": Rule((str,), choices=_algorithms),
     "rest.num_iterations": _count(),
     "rest.samples_per_problem": _count(),

@@ -30,6 +30,7 @@ from rest_jax.sampling.strategies import Strategy
 from rest_jax.tokenizers import Tokenizer
 
 DEFAULT_ATTEND_BUCKETS = (64, 128, 256, 512, 1024)
+DTYPES = ("float32", "bfloat16")  # What `SamplerConfig.dtype` may name (None: the model's own).
 
 
 @flax.struct.dataclass
@@ -158,7 +159,7 @@ class SamplerConfig:
   dtype: str | None = None
 
   def __post_init__(self):
-    if self.dtype not in (None, "float32", "bfloat16"):
+    if self.dtype is not None and self.dtype not in DTYPES:
       raise ValueError(f"sampler.dtype must be float32 or bfloat16 (or empty for the model's own), got {self.dtype!r}")
 
 

@@ -34,7 +34,7 @@ def _greedy(exp, dtype, mesh, prompts):
   return out
 
 
-def test_bfloat16_greedy_mostly_agrees_with_float32_and_sharded_equals_unsharded(exp):
+def test_bfloat16_greedy_mostly_agrees_with_float32_and_data_sharded_equals_one_device(exp):
   prompts = [p.prompt for p in exp.task.splits["test"]][:64]
   one = sharding.make_mesh(devices=jax.devices()[:1])
   f32 = _greedy(exp, "float32", one, prompts)

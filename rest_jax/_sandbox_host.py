@@ -199,9 +199,12 @@ def wait_for_namespace(info_r: int, timeout_s: float = 5.0) -> None:
     os.close(pidfd)
 
 
-def make_workdir(files: Mapping[str, str | bytes], uid: int | None) -> str:
-  """Creates the sandbox's working directory holding `files`, owned by `uid` (when given), private to it."""
-  workdir = tempfile.mkdtemp(prefix="rest_jax_sandbox_")
+def make_workdir(files: Mapping[str, str | bytes], uid: int | None, parent: str | None = None) -> str:
+  """Creates the sandbox's working directory holding `files`, owned by `uid` (when given), private to it.
+
+  It is made in `parent` when given, else in the temp directory.
+  """
+  workdir = tempfile.mkdtemp(prefix="rest_jax_sandbox_", dir=parent)
   try:
     for name, content in files.items():
       path = os.path.normpath(os.path.join(workdir, name))
@@ -278,9 +281,13 @@ def privileges_command(uid: int | None) -> list[str]:
 
 
 def bubblewrap_command(
-    argv: list[str], workdir: str, uid: int | None, info_fd: int, env: Mapping[str, str], limits: "Limits"
+    argv: list[str], workdir: str, uid: int | None, info_fd: int, env: Mapping[str, str], limits: "Limits",
+    writable: Sequence[str] | None = None,
 ) -> list[str]:
-  """Runs argv in the sandbox described in `rest_jax.sandbox`, as `uid` when given (we are root)."""
+  """Runs argv in the sandbox described in `rest_jax.sandbox`, as `uid` when given (we are root).
+
+  `workdir` is its working directory, writable; with `writable` (directories inside it), read-only but for those.
+  """
   command = [
       tool("bwrap"), "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
       "--die-with-parent", "--new-session", "--info-fd", str(info_fd),
@@ -292,7 +299,13 @@ def bubblewrap_command(
     command += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
   view = filesystem_view(limits.file_bytes)
   command += view.args + view.directories_above(workdir, set(view.made))
-  command += ["--bind", workdir, workdir, "--chdir", workdir]
+  if writable is None:
+    command += ["--bind", workdir, workdir]
+  else:
+    command += ["--ro-bind", workdir, workdir]
+    for path in writable:
+      command += ["--bind", path, path]
+  command += ["--chdir", workdir]
   # Last: bwrap has made every mount point. Read-only, the root tmpfs cannot be filled (or, in a user namespace,
   # where the sandbox owns it, written at all).
   command += ["--remount-ro", "/", "--clearenv"]

@@ -76,6 +76,7 @@ from typing import Any
 import weakref
 
 from rest_jax import _sandbox_host as _host
+from rest_jax import _sandbox_warm as _warm
 
 BUBBLEWRAP = "bubblewrap"
 RLIMITS = "rlimits"
@@ -202,6 +203,11 @@ def run(
     box.destroy()
 
 
+def close_workers() -> None:
+  """Stops the idle warm workers (they are started again when needed, and stopped at exit anyway)."""
+  _warm.POOL.close()
+
+
 class Session:
   """An interactive sandboxed process (for request/response harnesses): start it, talk over its stdin/stdout.
 
@@ -302,6 +308,12 @@ class _Sandbox:
     self._slot: _host.Slot | None = None
     self._workdir: str | None = None
     self._proc: subprocess.Popen[bytes] | None = None
+    self._worker: _warm.Worker | None = None
+    self._clean = False  # Warm: whether the worker's server found its sandbox clean after the program.
+    self._stdin = self._stdout_pipe = self._stderr_pipe = None
+    self._returncode: int | None = None
+    # Readable once the program has exited: a pidfd of bwrap (or, rlimits, of the program), or a warm worker's socket.
+    self._exit_fd = -1
     self._pidfd = -1
     self._info_r = -1
     self._killed = False
@@ -316,6 +328,9 @@ class _Sandbox:
       raise
 
   def _launch(self, argv: list[str], files: Mapping[str, str | bytes]) -> None:
+    if self._backend == BUBBLEWRAP and _warm.enabled() and _warm.runs(argv):
+      self._launch_warm(argv, files)
+      return
     uid = None
     extra_env: Mapping[str, str] = {}
     if self._backend == RLIMITS and os.geteuid() != 0:
@@ -356,23 +371,48 @@ class _Sandbox:
       for fd in pass_fds:
         os.close(fd)
     # A pidfd says when the process exits without reaping it: its pid (our process group id) stays ours.
-    self._pidfd = os.pidfd_open(self._proc.pid)
-    for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+    self._pidfd = self._exit_fd = os.pidfd_open(self._proc.pid)
+    self._stdin, self._stdout_pipe, self._stderr_pipe = self._proc.stdin, self._proc.stdout, self._proc.stderr
+    for stream in (self._stdin, self._stdout_pipe, self._stderr_pipe):
       os.set_blocking(stream.fileno(), False)
+
+  def _launch_warm(self, argv: list[str], files: Mapping[str, str | bytes]) -> None:
+    """Starts the program in a warm worker; one whose server died since its last program is replaced."""
+    for attempt in range(3):
+      worker = _warm.POOL.take(self.limits.file_bytes)
+      self._start = time.monotonic()
+      self.deadline = self._start + self.limits.timeout_s
+      try:
+        pipes = worker.start(argv, files, self.limits)
+      except _warm.Died:
+        worker.destroy()
+        if attempt == 2:
+          raise
+        continue
+      except BaseException:
+        worker.end_program()
+        _warm.POOL.give_back(worker)
+        raise
+      self._worker = worker
+      self._exit_fd = worker.exit_fd
+      self._stdin, self._stdout_pipe, self._stderr_pipe = pipes
+      for stream in pipes:
+        os.set_blocking(stream.fileno(), False)
+      return
 
   def communicate(self, stdin: bytes) -> Result:
     """Feeds stdin, reads stdout and stderr until the program exits or times out, then kills the sandbox."""
-    proc = self._proc
     pending = memoryview(stdin)
     if not pending:
-      proc.stdin.close()
+      self._stdin.close()
     poller = select.poll()
-    streams = {proc.stdout.fileno(): (proc.stdout, self._stdout), proc.stderr.fileno(): (proc.stderr, self._stderr)}
+    streams = {self._stdout_pipe.fileno(): (self._stdout_pipe, self._stdout),
+               self._stderr_pipe.fileno(): (self._stderr_pipe, self._stderr)}
     for fd in streams:
       poller.register(fd, select.POLLIN)
     if pending:
-      poller.register(proc.stdin.fileno(), select.POLLOUT)
-    poller.register(self._pidfd, select.POLLIN)
+      poller.register(self._stdin.fileno(), select.POLLOUT)
+    poller.register(self._exit_fd, select.POLLIN)
     exited_at = None
     timed_out = False
     # Until the program exits, even after it closed stdout and stderr; then until both reach EOF.
@@ -383,7 +423,7 @@ class _Sandbox:
         timed_out = exited_at is None
         break
       for fd, _ in poller.poll(max(1, int((end - now) * 1000) + 1)):
-        if fd == self._pidfd:
+        if fd == self._exit_fd:
           poller.unregister(fd)
           exited_at = time.monotonic()
           self.kill()  # Whatever the program left running; with bubblewrap, already gone.
@@ -402,13 +442,13 @@ class _Sandbox:
             pending = pending[:0]
           if not pending:
             poller.unregister(fd)
-            proc.stdin.close()
+            self._stdin.close()
     return self.finish(timed_out)
 
   def write_stdin(self, data: bytes) -> bool:
     """Writes all of `data`, waiting at most until the deadline; False if the program cannot take it."""
     pending = memoryview(data)
-    stdin = self._proc.stdin
+    stdin = self._stdin
     while pending:
       if stdin.closed or not self.running():
         return False
@@ -427,7 +467,7 @@ class _Sandbox:
 
   def read_stdout(self, deadline: float) -> bytes:
     """Returns the next stdout bytes, or b"" at EOF or at `deadline`; keeps stderr drained meanwhile."""
-    stdout, stderr = self._proc.stdout, self._proc.stderr
+    stdout, stderr = self._stdout_pipe, self._stderr_pipe
     while not stdout.closed:
       poller = select.poll()
       poller.register(stdout.fileno(), select.POLLIN)
@@ -454,19 +494,31 @@ class _Sandbox:
   def running(self) -> bool:
     """Whether the program (bwrap, for that backend) has neither exited nor been killed."""
     with self._lock:
-      return self._proc is not None and not self._killed and not _host.poll(self._pidfd, select.POLLIN, 0)
+      return self._exit_fd >= 0 and not self._killed and not _host.poll(self._exit_fd, select.POLLIN, 0)
 
   def kill(self, timed_out: bool = False) -> None:
     """SIGKILLs every process of the sandbox and waits until they are gone."""
     with self._lock:
-      if self._killed or self._proc is None:
+      if self._killed or self._exit_fd < 0:
         return
       self._killed = True
-      self._timed_out = timed_out and not _host.poll(self._pidfd, select.POLLIN, 0)
+      exited = _host.poll(self._exit_fd, select.POLLIN, 0)
+      self._timed_out = timed_out and not exited
+      if self._worker is not None:
+        stopped = self._worker.stop(exited)
+        if stopped is None:  # The server died or hangs: the whole sandbox goes, and the program with it.
+          self._worker.destroy()
+          self._returncode, self._clean = 128 + signal.SIGKILL, False
+        else:
+          status, self._clean = stopped
+          code = os.waitstatus_to_exitcode(status)
+          self._returncode = 128 - code if code < 0 else code
+        return
       # The leader is not reaped yet, so its pid cannot have been reused as someone else's group id.
       with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(self._proc.pid, signal.SIGKILL)
       self._proc.wait()
+      self._returncode = self._proc.returncode if self._proc.returncode >= 0 else 128 - self._proc.returncode
       if self._backend == BUBBLEWRAP:
         _host.wait_for_namespace(self._info_r)
       elif self._slot is not None:
@@ -476,14 +528,11 @@ class _Sandbox:
     """Kills the sandbox (if still running), collects what is left in its pipes and returns the Result."""
     with self._lock:
       self.kill(timed_out=timed_out or time.monotonic() >= self.deadline)
-      for stream, buffer in ((self._proc.stdout, self._stdout), (self._proc.stderr, self._stderr)):
+      for stream, buffer in ((self._stdout_pipe, self._stdout), (self._stderr_pipe, self._stderr)):
         while not stream.closed and buffer.read_from(stream.fileno(), eof_on_empty=True):
           pass
-      returncode = self._proc.returncode
-      if returncode < 0:
-        returncode = 128 - returncode
       return Result(
-          returncode=None if self._timed_out else returncode,
+          returncode=None if self._timed_out else self._returncode,
           stdout=bytes(self._stdout.data),
           stderr=bytes(self._stderr.data),
           timed_out=self._timed_out,
@@ -494,15 +543,22 @@ class _Sandbox:
   def destroy(self) -> None:
     """Kills the sandbox and releases everything it holds. Idempotent."""
     with self._lock:
-      if self._proc is not None:
+      if self._exit_fd >= 0:
         self.kill()
-        for stream in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+        for stream in (self._stdin, self._stdout_pipe, self._stderr_pipe):
           with contextlib.suppress(OSError):
             stream.close()
       for fd in (self._pidfd, self._info_r):
         if fd >= 0:
           os.close(fd)
-      self._pidfd = self._info_r = -1
+      self._pidfd = self._info_r = self._exit_fd = -1
+      if self._worker is not None:
+        worker, self._worker = self._worker, None
+        worker.end_program()
+        if self._clean:
+          _warm.POOL.give_back(worker)
+        else:
+          worker.destroy()
       if self._workdir is not None:
         _host.remove_tree(self._workdir)
         self._workdir = None

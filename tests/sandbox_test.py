@@ -25,6 +25,8 @@ import pytest
 
 from rest_jax import sandbox
 from tests import hostile_programs
+from tests import sandbox_modes
+from tests.sandbox_modes import fresh_workers, sandbox_mode  # noqa: F401  (every test in both modes)
 
 BACKENDS = [sandbox.BUBBLEWRAP, sandbox.RLIMITS]
 # Small limits keep the hostile suite fast; slack absorbs a loaded machine when checking wall time.
@@ -43,6 +45,7 @@ def private_tempdir(monkeypatch, tmp_path_factory):
   os.chmod(base, 0o711)  # Sandbox uids must reach their working directory.
   monkeypatch.setattr(tempfile, "tempdir", base)
   yield base
+  sandbox.close_workers()  # Warm workers keep their directories here while idle.
   leftovers = os.listdir(base)
   shutil.rmtree(base, ignore_errors=True)
   assert not leftovers, f"the sandbox left {leftovers} behind"
@@ -122,7 +125,16 @@ def _living_processes(token: str | None, uids=()) -> list[str]:
 
 
 def _open_fds() -> set[str]:
+  """This process's open fds, once the idle warm workers (which hold a few each) are stopped."""
+  sandbox.close_workers()
   return set(os.listdir("/proc/self/fd"))
+
+
+def _left_running(token: str) -> list[str]:
+  """What a program started that is still alive after it ended: processes with `token` in their command line and,
+  warm, anything but the fork servers under the uids of the idle warm workers (a forked program has no command line
+  of its own)."""
+  return _living_processes(token) + sandbox_modes.left_in_idle_workers()
 
 
 def _script(source: str, *args: str, **kwargs) -> sandbox.Result:
@@ -160,6 +172,8 @@ def test_run_round_trip(backend, use_backend):
   if backend == sandbox.RLIMITS:
     # The copy of an interpreter built with a shared libpython finds it this way (its runpath is out of reach).
     names += list(sandbox._rlimits_argv(sandbox.python_argv("main.py"), sandbox._host.FIRST_UID)[1])
+  if sandbox_modes.warm():
+    names.append("TMPDIR")  # A fresh directory of the worker's /tmp, which it empties after each program.
   assert second.startswith(f"True {sorted(names)} ")
   # PYTHONHASHSEED=0 holds, so hashes (and set order) are the same in every run.
   assert second.split()[-1] == _script("print(hash('a'))").stdout.decode().strip()
@@ -466,7 +480,7 @@ def test_interrupted_run_leaves_nothing(backend, use_backend, slots):
   finally:
     signal.setitimer(signal.ITIMER_REAL, 0)
     signal.signal(signal.SIGALRM, previous)
-  assert _living_processes(token) == [] and slots.survivors == []
+  assert _left_running(token) == [] and slots.survivors == []
   assert _open_fds() == fds
 
 
@@ -522,7 +536,7 @@ def test_session_is_killed_at_its_time_limit(backend, use_backend, slots):
   assert session.recv_line(5) == b"up"
   assert session.recv_line(10) is None  # EOF at the kill, long before 10 s.
   assert not session.alive()
-  assert _living_processes(token) == []
+  assert _left_running(token) == []
   result = session.close()
   assert slots.survivors == []
   assert (result.returncode, result.timed_out) == (None, True)
@@ -538,12 +552,27 @@ def test_close_kills_a_running_session_and_forgotten_sessions_are_cleaned_up(slo
   assert session.recv_line(10) == b"ready"
   result = session.close()
   assert (result.timed_out, result.returncode, result.stderr) == (False, 128 + signal.SIGKILL, b"oops\n")
-  assert _living_processes(token) == [] and slots.survivors == []
+  assert _left_running(token) == [] and slots.survivors == []
   forgotten = sandbox.Session(argv, files=files)
   assert forgotten.alive()
   del forgotten
   gc.collect()
-  assert _living_processes(token) == [] and slots.survivors == []
+  assert _left_running(token) == [] and slots.survivors == []
+
+
+def test_warm_survivor_check_finds_what_a_program_left_running(sandbox_mode, slots):
+  """The warm check of `_left_running` can fail: while a program and a daemon of its own run, it names both."""
+  if sandbox_mode != sandbox_modes.WARM or os.geteuid() != 0:
+    pytest.skip("warm workers as root (slot uids) only")
+  files = {"main.py": "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
+                      "print('ready', flush=True)\ntime.sleep(60)"}
+  with sandbox.Session(sandbox.python_argv("main.py"), files=files) as session:
+    assert session.recv_line(10) == b"ready"
+    uid = session._box._worker.uid
+    assert len(sandbox_modes.left_under([uid])) == 2, sandbox_modes.left_under([uid])
+    assert len(sandbox_modes.processes_of(uid)) == 3  # And the server, which is not named.
+  assert sandbox_modes.idle_worker_uids() == [uid]  # Back in the pool, with nothing of the program left.
+  assert sandbox_modes.left_in_idle_workers() == [] and len(sandbox_modes.processes_of(uid)) == 1
 
 
 # Containment of hostile programs.
@@ -622,11 +651,14 @@ def _check_contained(program, run, host_services, tmp_path, monkeypatch, slots, 
   before = _snapshot(outside)
   token = secrets.token_hex(8)
   try:
+    warm_starts = sandbox_modes.warm_starts()
     result = run(hostile_programs.render(program, **params), token)
+    if sandbox_modes.warm():
+      assert sandbox_modes.warm_starts() > warm_starts, "warm mode, yet the program did not run in a warm worker"
     time.sleep(program.linger_s)
     output = result.stdout + result.stderr
     assert result.wall_s < limits.timeout_s + WALL_SLACK_S
-    assert _living_processes(token) == [] and slots.survivors == []
+    assert _left_running(token) == [] and slots.survivors == []
     assert host_services["sleeper"].poll() is None, "the sleeper was killed"
     assert _snapshot(outside) == before
     assert project_file.read_text() == project_secret
@@ -785,8 +817,11 @@ ESCAPES_WITHOUT_A_SANDBOX = ["write_outside", "delete_outside", "tcp_connect", "
 
 
 @pytest.mark.parametrize("name", ESCAPES_WITHOUT_A_SANDBOX)
-def test_containment_checks_catch_an_unsandboxed_program(name, host_services, tmp_path, monkeypatch, slots):
+def test_containment_checks_catch_an_unsandboxed_program(name, host_services, tmp_path, monkeypatch, slots,
+                                                         sandbox_mode):
   """The checks above can fail: the same programs, run without a sandbox, do get caught."""
+  if sandbox_mode == sandbox_modes.WARM:
+    pytest.skip("no sandbox, so no warm one: once is enough")
   program = next(p for p in hostile_programs.PROGRAMS if p.name == name)
 
   def run_unsandboxed(source, token):

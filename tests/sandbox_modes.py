@@ -22,8 +22,16 @@ MODES = [PER_PROGRAM, WARM]
 def sandbox_mode(request):
   if request.param == WARM and sandbox.unavailable_reason(sandbox.BUBBLEWRAP):
     pytest.skip("warm workers need bubblewrap, which cannot run here")
+  start = _sandbox_warm.Worker.start
+
+  def counting_start(self, *args, **kwargs):
+    _WARM_STARTS[0] += 1
+    return start(self, *args, **kwargs)
+
+  _WARM_STARTS[0] = 0
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv(_sandbox_warm.WARM_ENV, "1" if request.param == WARM else "0")
+    patch.setattr(_sandbox_warm.Worker, "start", counting_start)
     sandbox.close_workers()
     yield request.param
     sandbox.close_workers()
@@ -34,17 +42,9 @@ def fresh_workers(sandbox_mode, request):
   params = getattr(getattr(request.node, "callspec", None), "params", {})
   if sandbox_mode == WARM and params.get("backend") == sandbox.RLIMITS:
     pytest.skip("warm workers are bubblewrap's only")
-  start = _sandbox_warm.Worker.start
   _WARM_STARTS[0] = 0
-
-  def counting_start(self, *args, **kwargs):
-    _WARM_STARTS[0] += 1
-    return start(self, *args, **kwargs)
-
   sandbox.close_workers()
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(_sandbox_warm.Worker, "start", counting_start)
-    yield
+  yield
   sandbox.close_workers()
 
 
@@ -115,7 +115,8 @@ def left_in_idle_workers() -> list[str]:
 
 
 def warm_starts() -> int:
-  """How many programs the current test started in warm workers."""
+  """How many programs started in warm workers since the current test (or, in a module-scoped fixture, the
+  module's mode) began."""
   return _WARM_STARTS[0]
 
 

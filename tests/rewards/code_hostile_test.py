@@ -26,6 +26,8 @@ from rest_jax import sandbox
 from rest_jax.rewards import code
 from tests import hostile_programs
 from tests.rewards import reward_hacks
+from tests import sandbox_modes
+from tests.sandbox_modes import fresh_workers, sandbox_mode  # noqa: F401  (every test in both modes)
 
 RIGHT_BODY = "    return s[::-1] + '!'\n"
 _CALL_KINDS = frozenset({"humaneval", "mbpp", "apps_call", "apps_class"})  # Not apps_stdio: nothing is returned.
@@ -187,6 +189,7 @@ def test_every_hack_scores_zero(kind, secret_cases, short_timeouts, backend):
   scores = _score(kind, [right] + programs, secret_cases)
   assert scores[0] == 1.0, "the right program must pass, or the hacks below prove nothing"
   assert {name: r for name, r in zip(names, scores[1:]) if r != 0.0} == {}
+  assert sandbox_modes.warm_starts() > 0 or not sandbox_modes.warm(), "warm mode, yet no program ran warm"
 
 
 def test_a_right_answer_wrapped_in_a_hack_still_counts_as_wrong(secret_cases, short_timeouts, backend):
@@ -221,6 +224,7 @@ def test_hostile_program_catalogue_scores_zero_on_stdio_apps(host_secret, short_
   n = len(programs)
   scores = rewards.get("apps")([""] * n, programs, input_output=[json.dumps(io)] * n, timeout_s=[1.0] * n)
   assert {p.name: r for p, r in zip(hostile_programs.PROGRAMS, scores) if r != 0.0} == {}
+  assert sandbox_modes.warm_starts() > 0 or not sandbox_modes.warm(), "warm mode, yet no program ran warm"
   # Scoring did not let anything out: the host files are as they were, and this process is alive to check.
   assert sorted(os.listdir(host_secret["outside_dir"])) == ["secret", "victim"]
   assert pathlib.Path(host_secret["victim_file"]).read_text() == "intact"

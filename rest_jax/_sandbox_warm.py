@@ -28,8 +28,10 @@ WARM_ENV = "REST_JAX_SANDBOX_WARM"
 SERVER_SOURCE = (pathlib.Path(__file__).parent / "_fork_server.py").read_text(encoding="utf-8")
 _SERVER_FILE = "fork_server.py"
 _PROGRAMS_DIR = "programs"
-# How long the server may take to kill a program and everything it started, and clean up after it.
-_KILL_TIMEOUT_S = 10.0
+# How long the server may take to kill a program and everything it started, and clean up after it (a few ms, as a
+# rule). Past it the whole sandbox is killed instead: a program may have stopped its server (SIGSTOP: same uid), or
+# left it more to clean up than is worth waiting for, and this bounds what that adds to the program's wall time.
+_KILL_TIMEOUT_S = 1.0
 # Idle workers kept for later programs (each holds a slot uid and an interpreter, ~15 MB).
 MAX_IDLE = 16
 

@@ -12,7 +12,8 @@ What the programs print, for the test to check:
 
 Every program is written so that it cannot harm the machine even if the sandbox were broken: loops are bounded, it
 writes, deletes and signals only the paths and pids the test passes in, and connects only to 127.0.0.1. The one
-exception is `kill_parent`, which would SIGKILL its parent process, i.e. the caller of a broken sandbox.
+exceptions are `kill_parent` and `stop_parent`, which would SIGKILL or SIGSTOP their parent process, i.e. the caller
+of a broken sandbox.
 """
 
 import dataclasses
@@ -296,6 +297,16 @@ try:
     print("signalled parent", parent)
 except OSError as e:
     print("blocked:", e)
+"""),
+    Program("stop_parent", "SIGSTOP to the parent process (a warm worker's fork server), then running on", """
+import os, signal, time
+parent = os.getppid()
+try:
+    os.kill(parent, signal.SIGSTOP)
+    print("stopped parent", parent, flush=True)
+except OSError as e:
+    print("blocked:", e, flush=True)
+time.sleep(30)
 """),
     Program("kill_sleeper", "SIGKILL to a host process", """
 import os, signal

@@ -37,11 +37,11 @@ MAX_IDLE = 16
 
 
 def enabled() -> bool:
-  """Whether programs run in warm workers (REST_JAX_SANDBOX_WARM=1) or each in a fresh sandbox (=0, the default).
+  """Whether programs run in warm workers (REST_JAX_SANDBOX_WARM=1, the default) or each in a fresh sandbox (=0).
 
-  Off by default until warm workers pass the containment suites and beat fresh sandboxes (see the README).
+  The default since the hostile and reward-hack suites run, and pass, in both modes (tests/sandbox_modes.py).
   """
-  value = os.environ.get(WARM_ENV, "0")
+  value = os.environ.get(WARM_ENV, "1")
   if value not in ("0", "1"):
     raise ValueError(f"{WARM_ENV} must be '0' or '1', got {value!r}")
   return value == "1"

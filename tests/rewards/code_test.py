@@ -11,7 +11,6 @@ from rest_jax import rewards
 from rest_jax import sandbox
 from rest_jax.rewards import code
 from rest_jax.rewards import code_harness
-from tests import sandbox_modes
 from tests.sandbox_modes import fresh_workers, sandbox_mode  # noqa: F401  (every test in both modes)
 
 

@@ -78,7 +78,7 @@ def _score(problems, completions):
 
 
 @pytest.fixture(scope="module")
-def scores(sandbox_mode):
+def scores(sandbox_mode):  # noqa: F811  (the module's fixture: scored once per mode)
   """Reward per problem for the canonical, the off-by-one and the hacking completion, scored in one call (in each
   sandbox mode)."""
   hack_names = sorted(HACKS)

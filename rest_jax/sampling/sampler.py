@@ -7,6 +7,10 @@ matmul per prompt, so the prompt is neither recomputed nor copied n times. The d
 length (`attend_buckets`): a step in the segment ending at slot A attends to generated slots [0, A) only, so early
 steps do not read the whole cache. The prefill projects only each prompt's last position onto the vocabulary.
 
+This is the "static" schedule: a batch decodes until its longest row ends. `SamplerConfig.schedule = "continuous"`
+hands the same prompts to `rest_jax.sampling.continuous`, whose slots take the next waiting prompt as soon as theirs
+are done.
+
 Shape letters: B rows (prompts x samples), P prompts, L prompt bucket, N new tokens, V vocabulary, D model dim.
 """
 
@@ -210,7 +214,8 @@ class Sampler:
 
     Prompts are continued as given (no BOS added). A completion stops after an end id, which is dropped, or after a
     stop sequence, which is kept. The next batch is dispatched before the current one is read back, so the device
-    keeps decoding while the caller scores the completions it was just given. Results depend only on the prompts,
+    keeps decoding while the caller scores the completions it was just given (continuous schedule: prompts come back
+    as they complete, while the device decodes the slots just refilled). Results depend only on the prompts,
     settings and seed.
     """
     for idx, rows in self.iter_sampled(params, prompt_ids, num_samples=num_samples, strategy=strategy,

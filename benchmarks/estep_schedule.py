@@ -23,16 +23,6 @@ from rest_jax import experiment
 from rest_jax import tokenizers
 from rest_jax.sampling import Greedy, Sampler, SamplerConfig, Sampling
 
-CHATS = [
-    "Tom has 5 apples and buys 19 more. How many apples does he have?",
-    "Write a Python function that returns the sum of the squares of a list.",
-    "What is the capital of France, and what river runs through it?",
-    "A train travels 60 km in 45 minutes. What is its average speed in km/h?",
-    "Explain in one sentence why the sky is blue.",
-    "List three prime numbers greater than 50.",
-    "If x + 3 = 11, what is 2x?",
-    "Translate 'good morning' into Spanish and French.",
-]
 
 
 def _load_config(path: str):
@@ -93,10 +83,10 @@ def main():
                              max_new_tokens=config.sampler.max_new_tokens))
       print(json.dumps(results[-1]), flush=True)
   if args.smollm2:
-    from _common import load_smollm2  # pylint: disable=import-outside-toplevel
+    from _common import CHAT_PROMPTS, load_smollm2  # pylint: disable=import-outside-toplevel
     _, mesh, lm = load_smollm2()
     chats = [tokenizers.prefix_ids(lm.tokenizer) + lm.tokenizer.encode(lm.tokenizer.apply_chat_template(
-        [{"role": "user", "content": c}], add_generation_prompt=True)) for c in CHATS]
+        [{"role": "user", "content": c}], add_generation_prompt=True)) for c in CHAT_PROMPTS]
     prompt_ids = [chats[i % len(chats)] for i in range(args.smollm2_prompts)]
     bucket = 1 << (max(len(p) for p in prompt_ids) - 1).bit_length()
     make = lambda schedule: Sampler(lm.config, None, mesh, SamplerConfig(batch_rows=args.smollm2_rows,

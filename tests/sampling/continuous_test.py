@@ -18,7 +18,8 @@ from rest_jax import experiment
 from rest_jax.model import sharding
 from rest_jax.sampling import Greedy, Sampler, SamplerConfig, Sampling
 from rest_jax.sampling import continuous
-from tests.sampling.sampler_test import CFG, N, NAIVE_LEN, STOP, TOK, _bigram_params, _full_logits, _random_params
+from tests.sampling.sampler_test import CFG, N, NAIVE_LEN, STOP, TOK, _full_logits
+from tests.sampling.sampler_test import bigram_params, random_params  # noqa: F401  (fixtures)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ONE = sharding.make_mesh(devices=jax.devices()[:1])
@@ -34,16 +35,6 @@ def _sample(config, params, prompts, mesh=ONE, **kw):
 
 def _one_at_a_time(params, prompts, **kw):
   return [_sample(STATIC, params, [p], **kw)[0] for p in prompts]
-
-
-@pytest.fixture(scope="module")
-def random_params():
-  return _random_params(CFG, seed=0)
-
-
-@pytest.fixture(scope="module")
-def bigram_params():
-  return _bigram_params()
 
 
 def test_greedy_equals_the_static_sampler_one_prompt_at_a_time(random_params, bigram_params):

@@ -11,6 +11,19 @@ from rest_jax import models
 from rest_jax.model import sharding
 
 
+# Chat prompts the SmolLM2 benchmarks sample, as an instruct model's E-step would.
+CHAT_PROMPTS = [
+    "Tom has 5 apples and buys 19 more. How many apples does he have?",
+    "Write a Python function that returns the sum of the squares of a list.",
+    "What is the capital of France, and what river runs through it?",
+    "A train travels 60 km in 45 minutes. What is its average speed in km/h?",
+    "Explain in one sentence why the sky is blue.",
+    "List three prime numbers greater than 50.",
+    "If x + 3 = 11, what is 2x?",
+    "Translate 'good morning' into Spanish and French.",
+]
+
+
 def best_seconds(fn: Callable[[], Any], repeats: int, *, warmup: bool = False) -> float:
   """Seconds of the fastest of `repeats` calls of `fn`, each waited for (`warmup`: one untimed call first)."""
   if warmup:

@@ -19,20 +19,11 @@ import jax
 import torch
 import transformers
 
+from _common import CHAT_PROMPTS as PROMPTS
 from _common import load_smollm2
 from rest_jax import tokenizers
 from rest_jax.sampling import Greedy, Sampler, SamplerConfig, Sampling
 
-PROMPTS = [
-    "Tom has 5 apples and buys 19 more. How many apples does he have?",
-    "Write a Python function that returns the sum of the squares of a list.",
-    "What is the capital of France, and what river runs through it?",
-    "A train travels 60 km in 45 minutes. What is its average speed in km/h?",
-    "Explain in one sentence why the sky is blue.",
-    "List three prime numbers greater than 50.",
-    "If x + 3 = 11, what is 2x?",
-    "Translate 'good morning' into Spanish and French.",
-]
 NO_END = -1  # An end id no token can take: both sides decode the full budget.
 
 

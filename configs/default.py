@@ -89,6 +89,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampler.max_new_tokens = 80
   c.sampler.reward_workers = 2  # Host threads scoring completions while the device decodes.
   c.sampler.dtype = ""  # Sampling compute, weight and KV-cache dtype: "" (the model's own), "bfloat16", "float32".
+  # "static": a batch decodes until its longest row ends; "continuous": batch_rows decode slots, a finished group's
+  # slots take the next waiting prompt (other random draws than static's, the same distribution).
+  c.sampler.schedule = "static"
+  c.sampler.slot_group = 0  # continuous: samples of a prompt sharing one group of slots and prompt copy (0: all).
+  c.sampler.chunk_steps = 16  # continuous: most decode steps between host checks for finished groups.
 
   # The EM loop.
   c.rest = ml_collections.ConfigDict()

@@ -121,6 +121,9 @@ RULES: dict[str, Rule] = {
     "sampler.max_new_tokens": _count(),
     "sampler.reward_workers": _count(),
     "sampler.dtype": Rule((str,), choices=lambda: ("", *sampler.DTYPES)),  # "": the model's own dtype.
+    "sampler.schedule": Rule((str,), choices=lambda: sampler.SCHEDULES),
+    "sampler.slot_group": Rule((int,), low=0),
+    "sampler.chunk_steps": _count(),
     "rest.algorithm": Rule((str,), choices=_algorithms),
     "rest.num_iterations": _count(),
     "rest.samples_per_problem": _count(),

@@ -285,8 +285,7 @@ def _cached_attention(cfg, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT, keys:
   else:
     prefix_k_PxKxLxH, prefix_v_PxKxLxH = cache["prefix_k"], cache["prefix_v"]
     for name, x_BxTxKxH in (("k", k_BxTxKxH), ("v", v_BxTxKxH)):
-      new_cache[name] = constrain(jax.lax.dynamic_update_slice_in_dim(
-          cache[name], as_slots(x_BxTxKxH, cache[name]), cache_index, 2))
+      new_cache[name] = constrain(_write_generated(cache[name], as_slots(x_BxTxKxH, cache[name]), cache_index))
 
   # The prompt's slots: its n samples' queries are the rows of one matmul per (prompt, kv head).
   q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, G, H)
@@ -315,6 +314,17 @@ def _cached_attention(cfg, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT, keys:
     out_BxKxTxGxH = jnp.einsum("bktgs,bksh->bktgh", probs_BxKxTxGxX[..., L:], gen_v_BxKxSxH.astype(cfg.dtype))
     out_BxTxKxGxH = out_BxTxKxGxH + out_BxKxTxGxH.transpose(0, 2, 1, 3, 4)
   return out_BxTxKxGxH.reshape(B, T, N, H), new_cache
+
+
+def _write_generated(cache_BxKxNxH: jax.Array, x_BxKxTxH: jax.Array, cache_index) -> jax.Array:
+  """Writes this call's keys (or values) at generated slot `cache_index`: one slot for every row (a scalar), or each
+  row's own (int32[B], one token per row: continuous batching, where rows are at different steps)."""
+  if jnp.ndim(cache_index) == 0:
+    return jax.lax.dynamic_update_slice_in_dim(cache_BxKxNxH, x_BxKxTxH, cache_index, 2)
+  if x_BxKxTxH.shape[2] != 1:
+    raise ValueError(f"per-row cache indices need one token per row, got {x_BxKxTxH.shape[2]}")
+  B = cache_BxKxNxH.shape[0]
+  return cache_BxKxNxH.at[jnp.arange(B), :, cache_index].set(x_BxKxTxH[:, :, 0], mode="drop")
 
 
 def _window_mask(mask_BxTxS, window):
@@ -379,8 +389,9 @@ class Transformer(nn.Module):
   Without a cache, `mask_BxTxS[b, t, s]` says whether query t of row b may attend to key s of the same call
   (causality, padding and packing are all expressed by the caller through it; see `causal_mask`). With a sampling
   cache (`init_sampling_cache`), the mask's place takes `SampleKeys`: the prefill (T == L, one row per prompt)
-  writes the prompts' keys; a decode step writes its keys at generated slot `cache_index` and attends to the prompt
-  and to the first `attend_len` generated slots (a static bound; all when None).
+  writes the prompts' keys; a decode step writes its keys at generated slot `cache_index` (a scalar, or int32[B]: each
+  row's own slot) and attends to the prompt and to the first `attend_len` generated slots (a static bound; all when
+  None).
 
   `remat` (training only, without a cache) recomputes each block's activations in the backward pass instead of
   keeping them (`REMAT_POLICIES`); `hidden=True` returns the final-normed hidden states x_BxTxD instead of the logits,

@@ -7,6 +7,10 @@ matmul per prompt, so the prompt is neither recomputed nor copied n times. The d
 length (`attend_buckets`): a step in the segment ending at slot A attends to generated slots [0, A) only, so early
 steps do not read the whole cache. The prefill projects only each prompt's last position onto the vocabulary.
 
+This is the "static" schedule: a batch decodes until its longest row ends. `SamplerConfig.schedule = "continuous"`
+hands the same prompts to `rest_jax.sampling.continuous`, whose slots take the next waiting prompt as soon as theirs
+are done.
+
 Shape letters: B rows (prompts x samples), P prompts, L prompt bucket, N new tokens, V vocabulary, D model dim.
 """
 
@@ -24,6 +28,7 @@ from jax.sharding import Mesh
 from rest_jax import distributed
 from rest_jax import tokenizers
 from rest_jax.model import sharding
+from rest_jax.sampling import continuous
 from rest_jax.model.transformer import (Cache, ModelConfig, SampleKeys, Transformer, init_sampling_cache,
                                         output_logits)
 from rest_jax.sampling.strategies import Strategy
@@ -31,6 +36,7 @@ from rest_jax.tokenizers import Tokenizer
 
 DEFAULT_ATTEND_BUCKETS = (64, 128, 256, 512, 1024)
 DTYPES = ("float32", "bfloat16")  # What `SamplerConfig.dtype` may name (None: the model's own).
+SCHEDULES = ("static", "continuous")  # What `SamplerConfig.schedule` may name.
 
 
 @flax.struct.dataclass
@@ -157,10 +163,20 @@ class SamplerConfig:
   # Compute, weight and KV-cache dtype of sampling ("bfloat16", "float32"); None: the model's own. The caller's
   # (training) parameters are not changed: the sampler casts its device copy. Log-probabilities stay float32.
   dtype: str | None = None
+  # "static": each batch of prompts decodes until its longest row ends. "continuous": `batch_rows` decode slots, a
+  # finished group's slots take the next waiting prompt (`rest_jax.sampling.continuous`); other random draws.
+  schedule: str = "static"
+  slot_group: int = 0  # continuous: samples of a prompt that share one group of slots and prompt copy (0: all).
+  chunk_steps: int = 16  # continuous: most decode steps between two host checks for finished groups.
 
   def __post_init__(self):
     if self.dtype is not None and self.dtype not in DTYPES:
       raise ValueError(f"sampler.dtype must be float32 or bfloat16 (or empty for the model's own), got {self.dtype!r}")
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"sampler.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+    if self.slot_group < 0 or self.chunk_steps < 1:
+      raise ValueError(f"sampler.slot_group must be >= 0 and sampler.chunk_steps >= 1, got {self.slot_group}, "
+                       f"{self.chunk_steps}")
 
 
 class Sampler:
@@ -198,7 +214,8 @@ class Sampler:
 
     Prompts are continued as given (no BOS added). A completion stops after an end id, which is dropped, or after a
     stop sequence, which is kept. The next batch is dispatched before the current one is read back, so the device
-    keeps decoding while the caller scores the completions it was just given. Results depend only on the prompts,
+    keeps decoding while the caller scores the completions it was just given (continuous schedule: prompts come back
+    as they complete, while the device decodes the slots just refilled). Results depend only on the prompts,
     settings and seed.
     """
     for idx, rows in self.iter_sampled(params, prompt_ids, num_samples=num_samples, strategy=strategy,
@@ -231,6 +248,16 @@ class Sampler:
     if self.config.dtype is not None:
       params = _cast_floats(params, self.config.dtype)
 
+    if self.config.schedule == "continuous":
+      for i, samples in continuous.iter_sampled(
+          params, prompt_ids, cfg=self._sample_cfg, mesh=self.mesh, prompt_len=max(by_bucket, default=1),
+          slots=self.config.batch_rows, slot_group=self.config.slot_group, chunk_steps=self.config.chunk_steps,
+          segment_ends=segment_ends(max_new_tokens, self.config.attend_buckets), num_samples=num_samples,
+          strategy=strategy, max_new_tokens=max_new_tokens, seed=seed, eos_id=eos_id, pad_id=self.pad_id,
+          stop_sequences=stop_sequences, with_logprobs=with_logprobs):
+        yield i, [[Sampled(ids=ids, logprobs=logp, ended=bool(ids) and ids[-1] in self.end_ids)
+                   for ids, logp in row] for row in samples]
+      return
     batches = [(L, idx[i:i + per_call]) for L, idx in sorted(by_bucket.items()) for i in range(0, len(idx), per_call)]
 
     def dispatch(batch_index):

@@ -80,6 +80,9 @@ def test_timeout_kills_the_group_and_a_killed_server_is_replaced():
 
 def test_the_server_refuses_to_run_outside_a_sandbox():
   # It runs kill(-1) after each program: outside a PID namespace of its own that would reach the whole machine.
-  done = subprocess.run([sys.executable, "-s", "-S", _sandbox_warm.__file__.replace("_sandbox_warm", "_fork_server"),
+  # Started in a PID namespace of its own (as pid 1, under root): were the check ever to fail, kill(-1) would reach
+  # only that namespace, never this machine's processes.
+  server = _sandbox_warm.__file__.replace("_sandbox_warm", "_fork_server")
+  done = subprocess.run(["unshare", "--pid", "--fork", "--mount", "--mount-proc", sys.executable, "-s", "-S", server,
                          "0"], capture_output=True, timeout=30, check=False)
   assert done.returncode == 1 and b"refusing" in done.stderr

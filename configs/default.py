@@ -89,6 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampler.max_new_tokens = 80
   c.sampler.reward_workers = 2  # Host threads scoring completions while the device decodes.
   c.sampler.dtype = ""  # Sampling compute, weight and KV-cache dtype: "" (the model's own), "bfloat16", "float32".
+  # Weight-only quantised sampling: "none", "int8" or "int4" projection kernels (the M-step keeps float32 weights).
+  c.sampler.weight_quant = "none"
   # "static": a batch decodes until its longest row ends; "continuous": batch_rows decode slots, a finished group's
   # slots take the next waiting prompt (other random draws than static's, the same distribution).
   c.sampler.schedule = "static"

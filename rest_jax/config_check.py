@@ -19,7 +19,7 @@ from rest_jax import errors
 from rest_jax import rewards
 from rest_jax import tasks
 from rest_jax.model import transformer
-from rest_jax.sampling import sampler
+from rest_jax.sampling import quantization, sampler
 from rest_jax.tasks import registry as task_registry
 from rest_jax.training import finetune
 from rest_jax.training import lora
@@ -121,6 +121,7 @@ RULES: dict[str, Rule] = {
     "sampler.max_new_tokens": _count(),
     "sampler.reward_workers": _count(),
     "sampler.dtype": Rule((str,), choices=lambda: ("", *sampler.DTYPES)),  # "": the model's own dtype.
+    "sampler.weight_quant": Rule((str,), choices=lambda: quantization.WEIGHT_QUANT),
     "sampler.schedule": Rule((str,), choices=lambda: sampler.SCHEDULES),
     "sampler.slot_group": Rule((int,), low=0),
     "sampler.chunk_steps": _count(),

@@ -86,6 +86,8 @@ def test_every_rule_refuses_a_bad_value(field, value):
     ({"eval.sampled_splits": ("val",)}, r"^config eval\.sampled_splits=\('val',\): names \['val'\], not in "),
     ({"mesh.fsdp": -1}, r"^config mesh: at most one of mesh\.data, mesh\.fsdp, mesh\.tensor may be -1$"),
     ({"rest.num_iterations": True}, r"^config rest\.num_iterations=True: must be int, not bool$"),
+    ({"sampler.weight_quant": "int3"}, r"^config sampler\.weight_quant='int3': must be one of 'none', 'int8', "
+                                       r"'int4' \(did you mean 'int8'\?\)$"),
 ])
 def test_messages_name_the_field_the_value_and_the_fix(overrides, message):
   _fails(_smoke(**overrides), message)

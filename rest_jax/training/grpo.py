@@ -259,4 +259,7 @@ def policy_params(state: TrainState, *, train_config: TrainConfig, mesh: Mesh) -
   """The current policy's model parameters (LoRA merged), to sample with; valid until the next `update` donates
   the state."""
   lora = train_config.lora()
-  return state.params if lora is None else lora_lib.merge(state.cfg, lora, state.frozen, state.params, mesh)
+  if lora is None:
+    return finetune.model_params(state.cfg, state.params, cfg=dataclasses.replace(state.cfg, scan_layers=False),
+                                 mesh=mesh)
+  return lora_lib.merge(state.cfg, lora, state.frozen, state.params, mesh)

@@ -204,7 +204,7 @@ class Sampler:
     # blocks scanned or not.
     self._sample_cfg = dataclasses.replace(cfg, dtype=config.dtype or cfg.dtype,
                                            scan_layers=cfg.scan_layers or config.scan_layers)
-    self._stacks = self._sample_cfg.scan_layers and not cfg.scan_layers
+    self._stack_params = self._sample_cfg.scan_layers and not cfg.scan_layers
 
   def _bucket(self, n: int, index: int) -> int:
     for b in sorted(self.config.prompt_buckets):
@@ -253,7 +253,7 @@ class Sampler:
     params = jax.device_put(params, self._param_shardings)
     if self.config.dtype is not None:
       params = _cast_floats(params, self.config.dtype)
-    if self._stacks:
+    if self._stack_params:
       params = _stacked(params, self.cfg.num_layers, sharding.param_shardings(self._sample_cfg, self.mesh))
 
     if self.config.schedule == "continuous":

@@ -1,11 +1,14 @@
 """Behaviour tests for `ModelConfig.scan_layers`: the scanned blocks compute what the unrolled ones do.
 
 Logits (a Llama-like model, and Gemma 2 / Qwen2 ones whose layers differ in their sliding windows), a train step with
-and without remat, greedy sampling on both schedules, on one device and sharded; and the per-layer <-> stacked
-parameter conversion the loaders, checkpoints and export rely on.
+and without remat, greedy sampling on both schedules, on one device and sharded; the per-layer <-> stacked parameter
+conversion, so that loaders, checkpoints and export keep the per-layer format; old workdirs resume unrolled.
 """
 
 import dataclasses
+import importlib.util
+import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +16,10 @@ import numpy as np
 import optax
 import pytest
 
+from rest_jax import errors, experiment
 from rest_jax.model import sharding, transformer
 from rest_jax.model.transformer import Transformer, causal_mask
+from rest_jax.models import LM, save_pretrained
 from rest_jax.sampling import Greedy, Sampler, SamplerConfig
 from rest_jax.training import batching, finetune, loss
 from rest_jax.training.finetune import TrainConfig
@@ -31,6 +36,7 @@ QWEN2 = tiny_config(vocab_size=TOK.vocab_size, num_layers=3, qkv_bias=True, slid
                     sliding_window_layers=(1, 2), tied_embeddings=False)
 T = 12
 ONE = sharding.make_mesh(devices=jax.devices()[:1])
+_REPO = pathlib.Path(__file__).resolve().parents[2]
 _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
@@ -185,3 +191,33 @@ def test_sharded_scanned_sampler_equals_unsharded():
   expected = Sampler(GEMMA2, TOK, ONE, config).sample(params, PROMPTS, **kw)
   mesh = sharding.make_mesh(data=4, tensor=2)
   assert Sampler(GEMMA2, TOK, mesh, config).sample(params, PROMPTS, **kw) == expected
+
+
+def test_a_scanned_lm_exports_the_per_layer_checkpoint(tmp_path):
+  params = random_params(LLAMA)
+  lm = LM(config=LLAMA, params=params, tokenizer=None, mesh=ONE, model_type="llama", eos_ids=(1,), pad_id=0)
+  plain = save_pretrained(lm, str(tmp_path / "plain"))
+  scanned = save_pretrained(dataclasses.replace(lm, config=_scanned(LLAMA),
+                                                params=transformer.stack_layers(params, LLAMA.num_layers)),
+                            str(tmp_path / "scanned"))
+  assert scanned == plain
+  for name in plain:
+    assert (tmp_path / "scanned" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+
+
+def _default_config():
+  spec = importlib.util.spec_from_file_location("default_config", _REPO / "configs" / "default.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_a_workdir_from_before_scan_layers_resumes_unrolled_and_refuses_scanned(tmp_path):
+  config = _default_config()
+  saved = json.loads(config.to_json())
+  del saved["train"]["scan_layers"], saved["sampler"]["scan_layers"]  # As written before the fields existed.
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  experiment._check_workdir_config(tmp_path, config)  # pylint: disable=protected-access
+  config.train.scan_layers = True
+  with pytest.raises(errors.UserError, match=r"train\.scan_layers \(False there, True now\)"):
+    experiment._check_workdir_config(tmp_path, config)  # pylint: disable=protected-access

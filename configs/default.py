@@ -125,7 +125,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Memory options of the M-step; they change memory and speed, not results (benchmarks/train_step_throughput.py).
   c.train.loss_chunk_size = 0  # Cross-entropy over chunks of this many positions, no B x T x V logits (0 = plain).
   c.train.remat = "none"  # Per-block gradient checkpointing: "none", "full", "dots_saveable", ...
-  c.train.scan_layers = False  # Blocks under one scan: compile time flat in depth; not with LoRA.
+  c.train.scan_layers = False  # Blocks under one scan: compile time flat in depth; not with lora_base_quant.
   # LoRA (rest_jax/training/lora.py): only low-rank adapters are trained, over the frozen base; every M-step gets
   # fresh adapters, and the iteration checkpoint holds the merged model (the adapters are saved beside it).
   c.train.lora_rank = 0  # 0 = full fine-tuning.

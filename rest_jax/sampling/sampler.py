@@ -205,6 +205,8 @@ class Sampler:
     self._sample_cfg = dataclasses.replace(cfg, dtype=config.dtype or cfg.dtype,
                                            scan_layers=cfg.scan_layers or config.scan_layers)
     self._stack_params = self._sample_cfg.scan_layers and not cfg.scan_layers
+    if self._stack_params:
+      self._stacked_shardings = sharding.param_shardings(self._sample_cfg, mesh)
 
   def _bucket(self, n: int, index: int) -> int:
     for b in sorted(self.config.prompt_buckets):
@@ -254,7 +256,7 @@ class Sampler:
     if self.config.dtype is not None:
       params = _cast_floats(params, self.config.dtype)
     if self._stack_params:
-      params = _stacked(params, self.cfg.num_layers, sharding.param_shardings(self._sample_cfg, self.mesh))
+      params = _stacked(params, self.cfg.num_layers, self._stacked_shardings)
 
     if self.config.schedule == "continuous":
       for i, samples in continuous.iter_sampled(

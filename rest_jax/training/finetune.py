@@ -65,7 +65,8 @@ class TrainConfig:
   lora_modules: tuple[str, ...] = lora_lib.MODULES  # Adapted projections of every layer.
   lora_base_quant: str = "none"  # "int8" / "int4": the frozen base is held and multiplied quantised (QLoRA).
   # Run the blocks under one scan (`ModelConfig.scan_layers`): compile time flat in depth. The train state holds the
-  # parameters stacked; what `train` takes and returns stays per-layer.
+  # parameters (LoRA: base and adapters; not over a quantised base) stacked; what `train` takes and returns stays
+  # per-layer. LoRA's fresh adapters are drawn differently when scanned (another random stream per layer).
   scan_layers: bool = False
   seed: int = 0
 
@@ -79,11 +80,11 @@ class TrainConfig:
       raise ValueError(f"train.learning_rate and train.num_epochs must be > 0, got {self.learning_rate}, "
                        f"{self.num_epochs}")
     object.__setattr__(self, "lora_modules", tuple(self.lora_modules))  # Hashable: the optimizer cache's key.
+    if self.scan_layers and self.lora_rank and self.lora_base_quant != "none":
+      raise ValueError(f"train.scan_layers=True cannot be combined with a quantised LoRA base "
+                       f"(train.lora_base_quant={self.lora_base_quant!r}): set one of them off")
     if self.lora_rank < 0:
       raise ValueError(f"train.lora_rank must be >= 0 (0 = full fine-tuning), got {self.lora_rank}")
-    if self.scan_layers and self.lora_rank:
-      raise ValueError(f"train.scan_layers=True cannot be combined with LoRA (train.lora_rank={self.lora_rank}): "
-                       "set one of them off")
     self.loss_factory()
 
   def lora(self) -> lora_lib.LoraConfig | None:
@@ -246,19 +247,20 @@ def init_train_state(params: Any, *, cfg: ModelConfig, config: TrainConfig, mesh
   loss_factory = config.loss_factory() if loss_factory is None else loss_factory
   state_cfg = dataclasses.replace(cfg, scan_layers=cfg.scan_layers or config.scan_layers)
   step_fn, state_shardings = jit_train_step(state_cfg, tx, loss_factory, mesh, lora)
-  # Fresh copies: the caller's params (the base model) stay valid although the train state is donated.
+  # Fresh copies: the caller's params (the base model) stay valid although the train state is donated. Stacking
+  # (scan_layers) makes new arrays too.
   copy = lambda tree, shardings: jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings)(tree)
-  if lora is None and state_cfg.scan_layers and not cfg.scan_layers:
-    frozen = None
-    params = jax.jit(transformer.stack_layers, static_argnums=1, out_shardings=state_shardings.params)(
-        params, cfg.num_layers)
-  elif lora is None:
-    frozen, params = None, copy(params, state_shardings.params)
+  stacks = state_cfg.scan_layers and not cfg.scan_layers
+  if stacks:
+    params = jax.jit(transformer.stack_layers, static_argnums=1,
+                     out_shardings=sharding.param_shardings(state_cfg, mesh))(params, cfg.num_layers)
+  if lora is None:
+    frozen, params = None, params if stacks else copy(params, state_shardings.params)
   else:
-    frozen = lora_lib.quantize_base(cfg, lora, params, mesh)  # A quantised base is new arrays already.
-    if lora.base_quant == "none":
+    frozen = lora_lib.quantize_base(state_cfg, lora, params, mesh)  # A quantised base is new arrays already.
+    if lora.base_quant == "none" and not stacks:
       frozen = copy(frozen, state_shardings.frozen)
-    params = lora_lib.init_adapters(cfg, lora, mesh, jax.random.key(config.seed))
+    params = lora_lib.init_adapters(state_cfg, lora, mesh, jax.random.key(config.seed))
   replicated = sharding.replicated(mesh)
   opt_state = jax.jit(lambda p, n: with_total_steps(tx.init(p), n), out_shardings=state_shardings.opt_state)(
       params, distributed.host_to_global(np.asarray(total_steps, np.int32), replicated))
@@ -268,10 +270,12 @@ def init_train_state(params: Any, *, cfg: ModelConfig, config: TrainConfig, mesh
 
 
 def model_params(state_cfg: ModelConfig, params: Any, *, cfg: ModelConfig, mesh: Mesh) -> Any:
-  """A train state's (full fine-tuning) `params` in the layout of `cfg`, the one the caller passed: unstacked when
-  only the state scans its layers (`TrainConfig.scan_layers`), else `params` itself."""
+  """Model parameters (or LoRA adapters, `mesh=None`: unplaced) laid out for `state_cfg` in the layout of `cfg`, the
+  one the caller passed: unstacked when only the state scans its layers (`TrainConfig.scan_layers`), else as given."""
   if not state_cfg.scan_layers or cfg.scan_layers:
     return params
+  if mesh is None:
+    return transformer.unstack_layers(params)
   return jax.jit(transformer.unstack_layers, out_shardings=sharding.param_shardings(cfg, mesh))(params)
 
 
@@ -311,9 +315,8 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
   lora = config.lora()
 
   def as_model(trained):  # The current state's base: each step donates the last one's (and aliases it).
-    if lora is None:
-      return model_params(state.cfg, trained, cfg=cfg, mesh=mesh)
-    return lora_lib.merge(cfg, lora, state.frozen, trained, mesh)
+    merged = trained if lora is None else lora_lib.merge(state.cfg, lora, state.frozen, trained, mesh)
+    return model_params(state.cfg, merged, cfg=cfg, mesh=mesh)
 
   rng = np.random.default_rng(config.seed)
   best_params, best_val, best_step = None, None, 0
@@ -375,5 +378,6 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
     best_params, best_step = state.params, step
   logging.info("%s: %d steps, %d tokens, %.1fs, best step %d val %s", desc, step, tokens, time.time() - t0,
                best_step, best_val)
-  return FinetuneResult(params=as_model(best_params), adapters=None if lora is None else best_params,
+  return FinetuneResult(params=as_model(best_params),
+                        adapters=None if lora is None else model_params(state.cfg, best_params, cfg=cfg, mesh=None),
                         best_step=best_step, best_val=best_val, steps=step, tokens=tokens, history=history)

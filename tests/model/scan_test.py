@@ -21,7 +21,7 @@ from rest_jax.model import sharding, transformer
 from rest_jax.model.transformer import Transformer, causal_mask
 from rest_jax.models import LM, save_pretrained
 from rest_jax.sampling import Greedy, Sampler, SamplerConfig
-from rest_jax.training import batching, finetune, loss
+from rest_jax.training import batching, finetune, lora, loss
 from rest_jax.training.finetune import TrainConfig
 from tests.helpers import CharTokenizer, random_params, tiny_config
 
@@ -145,9 +145,37 @@ def test_train_with_scan_layers_takes_and_returns_per_layer_params():
   assert _max_diff(scanned.params, plain.params) < 1e-3
 
 
-def test_scan_layers_with_lora_is_refused_naming_both_fields():
-  with pytest.raises(ValueError, match=r"train\.scan_layers.*train\.lora_rank"):
-    TrainConfig(scan_layers=True, lora_rank=4)
+def test_lora_with_scan_layers_trains_the_unrolled_adapters():
+  """From the same adapters (a scanned init draws other ones), two steps give the same adapters and merged model."""
+  params = random_params(LLAMA)
+  config = TrainConfig(learning_rate=1e-2, seq_len=16, batch_rows=4, warmup_steps=1, lora_rank=2,
+                       lora_modules=("q", "o", "down"))
+  batch = _rows()
+  results = []
+  for scan in (False, True):
+    step_fn, state = finetune.init_train_state(params, cfg=LLAMA, config=dataclasses.replace(config, scan_layers=scan),
+                                               mesh=ONE, total_steps=10)
+    if scan:
+      state = state.replace(params=transformer.stack_layers(adapters0, LLAMA.num_layers))
+    else:
+      adapters0 = jax.tree.map(np.array, state.params)
+    for _ in range(2):
+      state, _ = step_fn(state, batch)
+    merged = lora.merge(state.cfg, config.lora(), state.frozen, state.params, ONE)
+    results.append(jax.tree.map(np.array, (finetune.model_params(state.cfg, state.params, cfg=LLAMA, mesh=None),
+                                           finetune.model_params(state.cfg, merged, cfg=LLAMA, mesh=ONE))))
+  (plain_adapters, plain_params), (scanned_adapters, scanned_params) = results
+  assert _max_diff(plain_adapters, adapters0) > 5e-3  # Trained.
+  assert jax.tree.structure(scanned_adapters) == jax.tree.structure(plain_adapters)
+  assert _max_diff(scanned_adapters, plain_adapters) < 1e-4
+  assert jax.tree.structure(scanned_params) == jax.tree.structure(params)
+  assert _max_diff(scanned_params, plain_params) < 1e-4
+
+
+def test_scan_layers_with_a_quantised_lora_base_is_refused_naming_both_fields():
+  with pytest.raises(ValueError, match=r"train\.scan_layers.*train\.lora_base_quant='int8'"):
+    TrainConfig(scan_layers=True, lora_rank=4, lora_base_quant="int8")
+  TrainConfig(scan_layers=True, lora_rank=4)  # Over a float base it trains (above).
 
 
 PROMPTS = ["ab", "abcdefg", "q", "xyz", "hello", "a"]

@@ -96,6 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampler.schedule = "static"
   c.sampler.slot_group = 0  # continuous: samples of a prompt sharing one group of slots and prompt copy (0: all).
   c.sampler.chunk_steps = 16  # continuous: most decode steps between host checks for finished groups.
+  c.sampler.scan_layers = False  # Blocks under one scan: compile time flat in depth (benchmarks/compile_time.py).
 
   # The EM loop.
   c.rest = ml_collections.ConfigDict()
@@ -126,6 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Memory options of the M-step; they change memory and speed, not results (benchmarks/train_step_throughput.py).
   c.train.loss_chunk_size = 0  # Cross-entropy over chunks of this many positions, no B x T x V logits (0 = plain).
   c.train.remat = "none"  # Per-block gradient checkpointing: "none", "full", "dots_saveable", ...
+  c.train.scan_layers = False  # Blocks under one scan: compile time flat in depth; not with lora_base_quant.
   # LoRA (rest_jax/training/lora.py): only low-rank adapters are trained, over the frozen base; every M-step gets
   # fresh adapters, and the iteration checkpoint holds the merged model (the adapters are saved beside it).
   c.train.lora_rank = 0  # 0 = full fine-tuning.

@@ -70,7 +70,7 @@ _ADDED_FIELDS = {"rest.estep.rounds": 1, "rest.estep.max_samples_per_problem": 0
                  "train.lora_rank": 0, "train.lora_alpha": 16.0,
                  "train.lora_modules": ["q", "k", "v", "o", "gate", "up", "down"], "train.lora_base_quant": "none",
                  "sampler.dtype": "", "sampler.schedule": "static", "sampler.slot_group": 0, "sampler.chunk_steps": 16,
-                 "sampler.weight_quant": "none"}
+                 "sampler.weight_quant": "none", "train.scan_layers": False, "sampler.scan_layers": False}
 
 
 def _result_neutral(field: str) -> bool:
@@ -518,7 +518,8 @@ def _sampler_config(config: ml_collections.ConfigDict) -> SamplerConfig:
   return SamplerConfig(batch_rows=config.sampler.batch_rows, prompt_buckets=tuple(config.sampler.prompt_buckets),
                        dtype=config.sampler.get("dtype", "") or None, schedule=config.sampler.get("schedule", "static"),
                        slot_group=config.sampler.get("slot_group", 0), chunk_steps=config.sampler.get("chunk_steps", 16),
-                       weight_quant=config.sampler.get("weight_quant", "none"))
+                       weight_quant=config.sampler.get("weight_quant", "none"),
+                       scan_layers=config.sampler.get("scan_layers", False))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    ("layers", None),  # The stacked layer axis of `scan_layers` parameters: every device holds all its layers.
     # Activations: the model dimension of activations is never sharded, fsdp gathers the weights instead.
     ("batch", ("data", "fsdp")),
     ("length", None),

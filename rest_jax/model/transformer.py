@@ -29,6 +29,7 @@ import numpy as np
 # A sampling cache, one dict per layer: {"prefix_k", "prefix_v": PxKxLxH} the prompts' keys and values (written by
 # the prefill), {"k", "v": BxKxNxH} each sample's generated ones, B = P * n with the n samples of prompt p in rows
 # [p * n, (p + 1) * n). Slots are the second-to-last axis, so attention contracts each cache as it lies in memory.
+# With `ModelConfig.scan_layers` it is a list of one dict, each array with a leading layer axis.
 Cache = list[dict[str, jax.Array]]
 
 
@@ -73,6 +74,9 @@ class ModelConfig:
   rope_scaling: tuple[float, float, float, float] | None = None
   dtype: str = "float32"  # Compute dtype, e.g. "bfloat16".
   param_dtype: str = "float32"
+  # Parameter layout, not architecture: True runs the blocks under one `nn.scan` (compile time flat in depth) over
+  # parameters stacked under "layers" ([L, ...] leaves) and a stacked sampling cache; `stack_layers` converts.
+  scan_layers: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
@@ -203,12 +207,13 @@ def _llama3_frequencies(half: int, theta: float, scaling: tuple[float, float, fl
 
 
 class Attention(nn.Module):
+  """`windowed`: whether this layer uses `cfg.sliding_window`; a Python bool, or a traced bool scalar under scan."""
+
   cfg: ModelConfig
-  layer: int
 
   @nn.compact
   def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache: dict[str, jax.Array] | None, cache_index,
-               attend_len: int | None = None):
+               attend_len: int | None = None, windowed: Any = False):
     cfg = self.cfg
     N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     q_BxTxNxH = Dense(cfg, (N, H), ("embed", "heads", "head_dim"), cfg.qkv_bias, name="q")(x_BxTxD)
@@ -219,7 +224,7 @@ class Attention(nn.Module):
 
     scale = cfg.query_scale if cfg.query_scale is not None else H ** -0.5
     q_BxTxNxH = q_BxTxNxH * jnp.asarray(scale, q_BxTxNxH.dtype)
-    window = cfg.sliding_window if cfg.uses_window(self.layer) else None
+    window = None if cfg.sliding_window is None or windowed is False else (cfg.sliding_window, windowed)
     if isinstance(mask_BxTxS, SampleKeys):
       out_BxTxNxH, new_cache = _cached_attention(cfg, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT, mask_BxTxS,
                                                  cache, cache_index, attend_len, window)
@@ -246,19 +251,26 @@ def _masked_attention(cfg, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, window):
   logits_BxKxGxTxS = _softcapped(cfg, jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH.astype(cfg.dtype),
                                                  preferred_element_type=jnp.float32))
   if window is not None:
-    mask_BxTxS = mask_BxTxS & _window_mask(mask_BxTxS, window)
+    mask_BxTxS = mask_BxTxS & _where_windowed(window, _window_mask(mask_BxTxS, window[0]))
   logits_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], logits_BxKxGxTxS, jnp.finfo(jnp.float32).min)
   probs_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(cfg.dtype)
   out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH.astype(cfg.dtype))
   return out_BxTxKxGxH.reshape(B, T, N, H)
 
 
-def _visible(key_pos_BxS: jax.Array, query_pos_BxT: jax.Array, window: int | None) -> jax.Array:
+def _where_windowed(window: tuple[int, Any], within_window: jax.Array) -> jax.Array:
+  """`within_window` on a windowed layer, all True elsewhere. `window` is (size, windowed): windowed is True, or a
+  traced bool scalar (layers under scan, whose windows differ: Gemma 2, Qwen2)."""
+  windowed = window[1]
+  return within_window if windowed is True else within_window | ~windowed
+
+
+def _visible(key_pos_BxS: jax.Array, query_pos_BxT: jax.Array, window: tuple[int, Any] | None) -> jax.Array:
   """mask_BxTxS of a sampling cache: keys at positions [0, q] (within the window) for a query at position q."""
   k_Bx1xS, q_BxTx1 = key_pos_BxS[:, None, :], query_pos_BxT[:, :, None]
   visible_BxTxS = (k_Bx1xS >= 0) & (k_Bx1xS <= q_BxTx1)
   if window is not None:
-    visible_BxTxS = visible_BxTxS & (q_BxTx1 - k_Bx1xS < window)
+    visible_BxTxS = visible_BxTxS & _where_windowed(window, q_BxTx1 - k_Bx1xS < window[0])
   return visible_BxTxS
 
 
@@ -354,12 +366,12 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
   cfg: ModelConfig
-  layer: int
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_index, attend_len=None):
-    attn_BxTxD, new_cache = Attention(self.cfg, self.layer, name="attn")(
-        RMSNorm(self.cfg, name="attn_norm")(x_BxTxD), positions_BxT, mask_BxTxS, cache, cache_index, attend_len)
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_index, attend_len=None, windowed=False):
+    attn_BxTxD, new_cache = Attention(self.cfg, name="attn")(
+        RMSNorm(self.cfg, name="attn_norm")(x_BxTxD), positions_BxT, mask_BxTxS, cache, cache_index, attend_len,
+        windowed)
     if self.cfg.post_norms:
       attn_BxTxD = RMSNorm(self.cfg, name="post_attn_norm")(attn_BxTxD)
     x_BxTxD = x_BxTxD + attn_BxTxD
@@ -383,6 +395,21 @@ def check_remat(remat: str) -> None:
     raise ValueError(f"train.remat must be 'none' or one of {sorted(REMAT_POLICIES)}, got {remat!r}")
 
 
+class _ScannedBlock(nn.Module):
+  """`Block` as an `nn.scan` cell: (x_BxTxD, (layer cache, windowed)) -> (x_BxTxD, new layer cache)."""
+
+  cfg: ModelConfig
+  attend_len: int | None = None
+  windowed: Any = False  # The same for every layer (a Python bool); None: each layer's comes in `xs`.
+
+  @nn.compact
+  def __call__(self, x_BxTxD, xs, positions_BxT, mask_BxTxS, cache_index):
+    cache, windowed = xs
+    windowed = windowed if self.windowed is None else self.windowed
+    return Block(self.cfg, name="block")(x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_index, self.attend_len,
+                                         windowed)
+
+
 class Transformer(nn.Module):
   """`apply(params, tokens_BxT, positions_BxT, mask_BxTxS, cache, cache_index) -> (logits_BxTxV, cache)`.
 
@@ -396,6 +423,9 @@ class Transformer(nn.Module):
   `remat` (training only, without a cache) recomputes each block's activations in the backward pass instead of
   keeping them (`REMAT_POLICIES`); `hidden=True` returns the final-normed hidden states x_BxTxD instead of the logits,
   for losses that project onto the vocabulary themselves (`output_logits`).
+
+  With `cfg.scan_layers` the blocks run as one `nn.scan` over parameters stacked under "layers" (`stack_layers`) and
+  a stacked cache, so that compilation traces one block whatever the depth.
   """
 
   cfg: ModelConfig
@@ -406,12 +436,8 @@ class Transformer(nn.Module):
                hidden: bool = False, attend_len: int | None = None):
     cfg = self.cfg
     check_remat(self.remat)
-    block = Block
-    if self.remat != "none":
-      if cache is not None:
-        raise ValueError("Transformer: remat is for training; it cannot be combined with a KV cache")
-      # prevent_cse: the blocks are not inside a scan, where XLA could otherwise merge the recomputation away.
-      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=True, static_argnums=(5, 6))
+    if self.remat != "none" and cache is not None:
+      raise ValueError("Transformer: remat is for training; it cannot be combined with a KV cache")
     embed = nn.Embed(
         cfg.vocab_size, cfg.embed_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")), name="embed")
@@ -419,12 +445,10 @@ class Transformer(nn.Module):
     if cfg.scale_embeddings:
       x_BxTxD = x_BxTxD * jnp.asarray(cfg.embed_dim ** 0.5, x_BxTxD.dtype)
     x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "act_embed"))
-    new_cache = [] if cache is not None else None
-    for i in range(cfg.num_layers):
-      x_BxTxD, layer_cache = block(cfg, i, name=f"layer_{i}")(
-          x_BxTxD, positions_BxT, mask_BxTxS, None if cache is None else cache[i], cache_index, attend_len)
-      if cache is not None:
-        new_cache.append(layer_cache)
+    if cfg.scan_layers:
+      x_BxTxD, new_cache = self._scanned_blocks(x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_index, attend_len)
+    else:
+      x_BxTxD, new_cache = self._unrolled_blocks(x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_index, attend_len)
     x_BxTxD = RMSNorm(cfg, name="final_norm")(x_BxTxD)
     if cfg.tied_embeddings:
       head = embed.embedding  # VxD
@@ -434,6 +458,69 @@ class Transformer(nn.Module):
       return x_BxTxD, new_cache
     logits_BxTxV = nn.with_logical_constraint(_project(cfg, head, x_BxTxD), ("batch", "length", "act_vocab"))
     return logits_BxTxV, new_cache
+
+  def _unrolled_blocks(self, x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_index, attend_len):
+    cfg = self.cfg
+    block = Block
+    if self.remat != "none":
+      # prevent_cse: the blocks are not inside a scan, where XLA could otherwise merge the recomputation away.
+      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=True, static_argnums=(5, 6, 7))
+    new_cache = [] if cache is not None else None
+    for i in range(cfg.num_layers):
+      x_BxTxD, layer_cache = block(cfg, name=f"layer_{i}")(
+          x_BxTxD, positions_BxT, mask_BxTxS, None if cache is None else cache[i], cache_index, attend_len,
+          cfg.uses_window(i))
+      if cache is not None:
+        new_cache.append(layer_cache)
+    return x_BxTxD, new_cache
+
+  def _scanned_blocks(self, x_BxTxD, positions_BxT, mask_BxTxS, cache, cache_index, attend_len):
+    cfg = self.cfg
+    flags = [cfg.uses_window(i) for i in range(cfg.num_layers)]
+    # One static flag when the layers agree (no select in the mask); otherwise each layer's, scanned with it.
+    same = flags[0] if len(set(flags)) == 1 else None
+    windowed_L = None if same is not None else jnp.asarray(flags)
+    cell = _ScannedBlock
+    if self.remat != "none":
+      # Under scan XLA cannot merge the recomputation into the forward pass, so CSE need not be prevented.
+      cell = nn.remat(_ScannedBlock, policy=REMAT_POLICIES[self.remat], prevent_cse=False, static_argnums=(5,))
+    scan = nn.scan(cell, variable_axes={"params": 0}, split_rngs={"params": True},
+                   in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                   metadata_params={nn.PARTITION_NAME: "layers"})
+    layers_cache = None if cache is None else _single(cache)
+    x_BxTxD, new_cache = scan(cfg, attend_len, same, name="layers")(
+        x_BxTxD, (layers_cache, windowed_L), positions_BxT, mask_BxTxS, cache_index)
+    return x_BxTxD, None if cache is None else [new_cache]
+
+
+def _single(cache: Cache) -> dict[str, jax.Array]:
+  if len(cache) != 1:
+    raise ValueError(f"a scanned model's sampling cache is one dict of stacked layers, got {len(cache)} dicts")
+  return cache[0]
+
+
+def stack_layers(params: Any, num_layers: int) -> Any:
+  """Per-layer parameters ("layer_i" subtrees) -> the `scan_layers` layout: one "layers" subtree of [L, ...] leaves.
+
+  Works on any tree keyed like the parameters (optimizer moments too); the other entries are kept as they are.
+  """
+  names = [f"layer_{i}" for i in range(num_layers)]
+  missing = [n for n in names if n not in params]
+  if missing or "layers" in params:
+    raise ValueError(f"stack_layers: expected per-layer parameters layer_0 ... layer_{num_layers - 1}, "
+                     f"got keys {sorted(params)}")
+  rest = {k: v for k, v in params.items() if k not in names}
+  return {**rest, "layers": {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *[params[n] for n in names])}}
+
+
+def unstack_layers(params: Any) -> Any:
+  """The inverse of `stack_layers`: the per-layer layout every loader, checkpoint and export reads and writes."""
+  if "layers" not in params:
+    raise ValueError(f"unstack_layers: expected stacked parameters under 'layers', got keys {sorted(params)}")
+  stacked = params["layers"]["block"]
+  num_layers = jax.tree.leaves(stacked)[0].shape[0]
+  rest = {k: v for k, v in params.items() if k != "layers"}
+  return {**rest, **{f"layer_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(num_layers)}}
 
 
 def output_logits(cfg: ModelConfig, params: Any, x_BxTxD: jax.Array) -> jax.Array:
@@ -466,13 +553,18 @@ def causal_mask(segment_ids_BxT: jax.Array) -> jax.Array:
 
 def init_sampling_cache(cfg: ModelConfig, prompts: int, prompt_len: int, rows: int, new_tokens: int,
                         dtype: Any = None) -> Cache:
-  """An empty sampling cache (see `Cache`): `prompts` x `prompt_len` prompt slots, `rows` x `new_tokens` generated."""
+  """An empty sampling cache (see `Cache`): `prompts` x `prompt_len` prompt slots, `rows` x `new_tokens` generated.
+
+  With `cfg.scan_layers`, one dict whose arrays carry a leading layer axis (Lx...), as the scanned blocks read it.
+  """
   dtype = dtype or cfg.dtype
   K, H = cfg.num_kv_heads, cfg.head_dim
-  return [{"prefix_k": jnp.zeros((prompts, K, prompt_len, H), dtype),
-           "prefix_v": jnp.zeros((prompts, K, prompt_len, H), dtype),
-           "k": jnp.zeros((rows, K, new_tokens, H), dtype), "v": jnp.zeros((rows, K, new_tokens, H), dtype)}
-          for _ in range(cfg.num_layers)]
+  lead = (cfg.num_layers,) if cfg.scan_layers else ()
+  layer = lambda: {"prefix_k": jnp.zeros((*lead, prompts, K, prompt_len, H), dtype),
+                   "prefix_v": jnp.zeros((*lead, prompts, K, prompt_len, H), dtype),
+                   "k": jnp.zeros((*lead, rows, K, new_tokens, H), dtype),
+                   "v": jnp.zeros((*lead, rows, K, new_tokens, H), dtype)}
+  return [layer()] if cfg.scan_layers else [layer() for _ in range(cfg.num_layers)]
 
 
 def param_count(params: Any) -> int:

@@ -11,6 +11,7 @@ Layouts (PyTorch `nn.Linear` stores `out x in`; rest_jax kernels are `in x out` 
 Rotary embeddings rotate halves in both, so q and k need no permutation.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from jax.sharding import Mesh
 from rest_jax import distributed
 from rest_jax import errors
 from rest_jax.model import sharding
-from rest_jax.model.transformer import ModelConfig, Transformer
+from rest_jax.model.transformer import ModelConfig, Transformer, unstack_layers
 from rest_jax.models import hf_tokenizer
 from rest_jax.models.lm import LM
 
@@ -409,8 +410,12 @@ def save(lm: LM, directory: str, *, max_shard_bytes: int = 5 * 2**30) -> list[st
   """Writes `lm` as a Hugging Face checkpoint (config.json, safetensors, tokenizer files) that transformers loads.
 
   The config.json is the source's (checked to describe `lm.config`) or, for models from elsewhere, one built from
-  `lm.config` and `lm.model_type`. Returns the files written.
+  `lm.config` and `lm.model_type`. Returns the files written. Stacked (`scan_layers`) parameters are written per
+  layer, as every checkpoint is.
   """
+  if lm.config.scan_layers:
+    lm = dataclasses.replace(lm, config=dataclasses.replace(lm.config, scan_layers=False),
+                             params=unstack_layers(lm.params))
   if lm.hf_config is not None:
     check_expresses(lm.hf_config, lm.config)
     hf = dict(lm.hf_config)

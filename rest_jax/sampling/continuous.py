@@ -45,7 +45,7 @@ class SlotState:
   """Everything the slots hold between chunks (on the device, batch axes split over the mesh)."""
 
   tokens_BxN: jax.Array  # int32: generated tokens; slot step_G[group] holds each row's newest.
-  cache: list[dict[str, jax.Array]]  # Per layer {"prefix_k", "prefix_v": GxKxLxH, "k", "v": BxKxNxH}.
+  cache: list[dict[str, jax.Array]]  # Per layer {"prefix_k", "prefix_v": GxKxLxH, "k", "v": BxKxNxH} (`Cache`).
   prefix_pos_GxL: jax.Array  # int32 rotary positions of each group's prompt slots (-1: padding).
   gen_pos_BxN: jax.Array  # int32 rotary positions of each row's generated slots.
   step_G: jax.Array  # int32: generated slot of each group's newest token (not in the cache yet).
@@ -61,8 +61,14 @@ def _constrain_batch(x: jax.Array) -> jax.Array:
   return nn.with_logical_constraint(x, ("batch",) + (None,) * (x.ndim - 1))
 
 
+def _layer_axes(x: jax.Array) -> tuple[Any, ...]:
+  """Index of all layers: none in a per-layer cache array (4-D), the leading one in a stacked (scan_layers) one."""
+  return (slice(None),) * (x.ndim - 4)
+
+
 def _constrained(state: SlotState) -> SlotState:
-  cache = [{name: nn.with_logical_constraint(x, ("batch", "act_kv_heads", "cache_length", "head_dim"))
+  cache = [{name: nn.with_logical_constraint(
+      x, ("layers",) * (x.ndim - 4) + ("batch", "act_kv_heads", "cache_length", "head_dim"))
             for name, x in layer.items()} for layer in state.cache]
   fields = {f: _constrain_batch(getattr(state, f)) for f in ("tokens_BxN", "prefix_pos_GxL", "gen_pos_BxN", "step_G",
                                                               "length_B", "done_B", "prompt_B", "sample_B")}
@@ -133,8 +139,8 @@ def insert(params: Any, state: SlotState, prompt_RxL: jax.Array, pad_R: jax.Arra
       {"params": params}, prompt_RxL, positions_RxL, SampleKeys(prefix_pos_PxL=prefix_pos_RxL), empty, 0, hidden=True)
   logits_RxV = output_logits(cfg, params, x_RxLxD[:, -1:])[:, 0]
 
-  cache = [{**layer, "prefix_k": layer["prefix_k"].at[group_R].set(new["prefix_k"], mode="drop"),
-            "prefix_v": layer["prefix_v"].at[group_R].set(new["prefix_v"], mode="drop")}
+  cache = [{**layer, **{name: layer[name].at[(*_layer_axes(layer[name]), group_R)].set(new[name], mode="drop")
+                        for name in ("prefix_k", "prefix_v")}}
            for layer, new in zip(state.cache, written)]
   rows_Rg = (group_R[:, None] * g + jnp.arange(g)[None, :]).reshape(-1)  # Filler groups' rows are >= B: dropped.
   sample_Rg = (first_sample_R[:, None] + jnp.arange(g)[None, :]).reshape(-1).astype(jnp.int32)

@@ -29,7 +29,8 @@ from rest_jax import distributed
 from rest_jax import tokenizers
 from rest_jax.model import sharding
 from rest_jax.sampling import continuous, quantization
-from rest_jax.model.transformer import Cache, ModelConfig, SampleKeys, init_sampling_cache, output_logits
+from rest_jax.model.transformer import (Cache, ModelConfig, SampleKeys, init_sampling_cache, output_logits,
+                                        stack_layers)
 from rest_jax.sampling.strategies import Strategy
 from rest_jax.tokenizers import Tokenizer
 
@@ -176,6 +177,9 @@ class SamplerConfig:
   schedule: str = "static"
   slot_group: int = 0  # continuous: samples of a prompt that share one group of slots and prompt copy (0: all).
   chunk_steps: int = 16  # continuous: most decode steps between two host checks for finished groups.
+  # Run the blocks under one scan (`ModelConfig.scan_layers`): compile time flat in depth. The caller's parameters
+  # stay per-layer: the sampler stacks its device copy.
+  scan_layers: bool = False
 
   def __post_init__(self):
     if self.dtype is not None and self.dtype not in DTYPES:
@@ -185,6 +189,9 @@ class SamplerConfig:
                        f"{self.weight_quant!r}")
     if self.schedule not in SCHEDULES:
       raise ValueError(f"sampler.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+    if self.scan_layers and self.weight_quant != "none":
+      raise ValueError(f"sampler.weight_quant={self.weight_quant!r} cannot be combined with sampler.scan_layers=True "
+                       "(qwix does not quantise inside the scan); set one of them off")
     if self.slot_group < 0 or self.chunk_steps < 1:
       raise ValueError(f"sampler.slot_group must be >= 0 and sampler.chunk_steps >= 1, got {self.slot_group}, "
                        f"{self.chunk_steps}")
@@ -208,8 +215,16 @@ class Sampler:
     if not self.end_ids:
       raise ValueError("Sampler end_ids must name at least one id")
     self._param_shardings = sharding.param_shardings(cfg, mesh)
-    # The model as it samples: compute (and so the KV cache, `init_sampling_cache`) in the sampling dtype.
-    self._sample_cfg = cfg if config.dtype is None else dataclasses.replace(cfg, dtype=config.dtype)
+    # The model as it samples: compute (and so the KV cache, `init_sampling_cache`) in the sampling dtype, the
+    # blocks scanned or not.
+    self._sample_cfg = dataclasses.replace(cfg, dtype=config.dtype or cfg.dtype,
+                                           scan_layers=cfg.scan_layers or config.scan_layers)
+    if cfg.scan_layers and config.weight_quant != "none":
+      raise ValueError(f"sampler.weight_quant={config.weight_quant!r} needs a model with per-layer parameters; this "
+                       "one scans its layers (ModelConfig.scan_layers)")
+    self._stack_params = self._sample_cfg.scan_layers and not cfg.scan_layers
+    if self._stack_params:
+      self._stacked_shardings = sharding.param_shardings(self._sample_cfg, mesh)
 
   def _bucket(self, n: int, index: int) -> int:
     for b in sorted(self.config.prompt_buckets):
@@ -260,6 +275,8 @@ class Sampler:
     params = quantization.quantize(params, cfg=self.cfg, weight_quant=self.config.weight_quant, mesh=self.mesh)
     if self.config.dtype is not None:
       params = _cast_floats(params, self.config.dtype)
+    if self._stack_params:
+      params = _stacked(params, self.cfg.num_layers, self._stacked_shardings)
 
     if self.config.schedule == "continuous":
       for i, samples in continuous.iter_sampled(
@@ -357,6 +374,11 @@ class Completion(Sampled):
 def _cast_floats(params: Any, dtype: str) -> Any:
   """The floating-point parameters in `dtype`, on device and in their shards (integer leaves unchanged)."""
   return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+
+def _stacked(params: Any, num_layers: int, shardings: Any) -> Any:
+  """Per-layer parameters in the `scan_layers` layout (`stack_layers`), in `shardings`."""
+  return jax.jit(stack_layers, static_argnums=1, out_shardings=shardings)(params, num_layers)
 
 
 def _truncate(text: str, stop_strings: Sequence[str]) -> str:

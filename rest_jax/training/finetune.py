@@ -26,6 +26,7 @@ from rest_jax import distributed
 from rest_jax import errors
 from rest_jax import reporting
 from rest_jax.model import sharding
+from rest_jax.model import transformer
 from rest_jax.model.transformer import ModelConfig
 from rest_jax.training import batching
 from rest_jax.training import lora as lora_lib
@@ -63,6 +64,10 @@ class TrainConfig:
   lora_alpha: float = 16.0  # The adapters' update is scaled by lora_alpha / lora_rank.
   lora_modules: tuple[str, ...] = lora_lib.MODULES  # Adapted projections of every layer.
   lora_base_quant: str = "none"  # "int8" / "int4": the frozen base is held and multiplied quantised (QLoRA).
+  # Run the blocks under one scan (`ModelConfig.scan_layers`): compile time flat in depth. The train state holds the
+  # parameters (LoRA: base and adapters; not over a quantised base) stacked; what `train` takes and returns stays
+  # per-layer. LoRA's fresh adapters are drawn differently when scanned (another random stream per layer).
+  scan_layers: bool = False
   seed: int = 0
 
   def __post_init__(self):
@@ -75,6 +80,9 @@ class TrainConfig:
       raise ValueError(f"train.learning_rate and train.num_epochs must be > 0, got {self.learning_rate}, "
                        f"{self.num_epochs}")
     object.__setattr__(self, "lora_modules", tuple(self.lora_modules))  # Hashable: the optimizer cache's key.
+    if self.scan_layers and self.lora_rank and self.lora_base_quant != "none":
+      raise ValueError(f"train.scan_layers=True cannot be combined with a quantised LoRA base "
+                       f"(train.lora_base_quant={self.lora_base_quant!r}): set one of them off")
     if self.lora_rank < 0:
       raise ValueError(f"train.lora_rank must be >= 0 (0 = full fine-tuning), got {self.lora_rank}")
     self.loss_factory()
@@ -149,7 +157,7 @@ def _decay_mask(params: Any) -> Any:
 # TrainConfig fields the optimizer does not read: M-steps that differ only in these share one optimizer object.
 _NOT_OPTIMIZER_FIELDS = ("seq_len", "batch_rows", "micro_batches", "num_epochs", "max_steps", "eval_every", "patience",
                          "loss", "loss_chunk_size", "remat", "lora_rank", "lora_alpha", "lora_modules",
-                         "lora_base_quant", "seed")
+                         "lora_base_quant", "scan_layers", "seed")
 
 
 def make_optimizer(c: TrainConfig) -> optax.GradientTransformation:
@@ -231,27 +239,44 @@ def init_train_state(params: Any, *, cfg: ModelConfig, config: TrainConfig, mesh
   """(the jitted, donating train step, a fresh state on `mesh` for an M-step of `total_steps` from `params`).
 
   With LoRA the state trains fresh adapters (seeded by `config.seed`) over `params`, frozen. `loss_factory` replaces
-  `config.loss_factory()` (e.g. GRPO's loss, whose settings are not TrainConfig's).
+  `config.loss_factory()` (e.g. GRPO's loss, whose settings are not TrainConfig's). With `config.scan_layers` the
+  state's `cfg` is `params`' with `scan_layers` set and its params are stacked (`model_params` unstacks them).
   """
   tx = make_optimizer(config)
   lora = config.lora()
   loss_factory = config.loss_factory() if loss_factory is None else loss_factory
-  step_fn, state_shardings = jit_train_step(cfg, tx, loss_factory, mesh, lora)
-  # Fresh copies: the caller's params (the base model) stay valid although the train state is donated.
+  state_cfg = dataclasses.replace(cfg, scan_layers=cfg.scan_layers or config.scan_layers)
+  step_fn, state_shardings = jit_train_step(state_cfg, tx, loss_factory, mesh, lora)
+  # Fresh copies: the caller's params (the base model) stay valid although the train state is donated. Stacking
+  # (scan_layers) makes new arrays too.
   copy = lambda tree, shardings: jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings)(tree)
+  stacks = state_cfg.scan_layers and not cfg.scan_layers
+  if stacks:
+    params = jax.jit(transformer.stack_layers, static_argnums=1,
+                     out_shardings=sharding.param_shardings(state_cfg, mesh))(params, cfg.num_layers)
   if lora is None:
-    frozen, params = None, copy(params, state_shardings.params)
+    frozen, params = None, params if stacks else copy(params, state_shardings.params)
   else:
-    frozen = lora_lib.quantize_base(cfg, lora, params, mesh)  # A quantised base is new arrays already.
-    if lora.base_quant == "none":
+    frozen = lora_lib.quantize_base(state_cfg, lora, params, mesh)  # A quantised base is new arrays already.
+    if lora.base_quant == "none" and not stacks:
       frozen = copy(frozen, state_shardings.frozen)
-    params = lora_lib.init_adapters(cfg, lora, mesh, jax.random.key(config.seed))
+    params = lora_lib.init_adapters(state_cfg, lora, mesh, jax.random.key(config.seed))
   replicated = sharding.replicated(mesh)
   opt_state = jax.jit(lambda p, n: with_total_steps(tx.init(p), n), out_shardings=state_shardings.opt_state)(
       params, distributed.host_to_global(np.asarray(total_steps, np.int32), replicated))
   step0 = distributed.host_to_global(np.asarray(0, np.int32), replicated)
-  return step_fn, TrainState(step=step0, params=params, opt_state=opt_state, cfg=cfg, tx=tx,
+  return step_fn, TrainState(step=step0, params=params, opt_state=opt_state, cfg=state_cfg, tx=tx,
                              loss_factory=state_shardings.loss_factory, frozen=frozen)
+
+
+def model_params(state_cfg: ModelConfig, params: Any, *, cfg: ModelConfig, mesh: Mesh) -> Any:
+  """Model parameters (or LoRA adapters, `mesh=None`: unplaced) laid out for `state_cfg` in the layout of `cfg`, the
+  one the caller passed: unstacked when only the state scans its layers (`TrainConfig.scan_layers`), else as given."""
+  if not state_cfg.scan_layers or cfg.scan_layers:
+    return params
+  if mesh is None:
+    return transformer.unstack_layers(params)
+  return jax.jit(transformer.unstack_layers, out_shardings=sharding.param_shardings(cfg, mesh))(params)
 
 
 @dataclasses.dataclass
@@ -289,8 +314,9 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
   step_fn, state = init_train_state(params, cfg=cfg, config=config, mesh=mesh, total_steps=total_steps)
   lora = config.lora()
 
-  def model_params(trained):  # The current state's base: each step donates the last one's (and aliases it).
-    return trained if lora is None else lora_lib.merge(cfg, lora, state.frozen, trained, mesh)
+  def as_model(trained):  # The current state's base: each step donates the last one's (and aliases it).
+    merged = trained if lora is None else lora_lib.merge(state.cfg, lora, state.frozen, trained, mesh)
+    return model_params(state.cfg, merged, cfg=cfg, mesh=mesh)
 
   rng = np.random.default_rng(config.seed)
   best_params, best_val, best_step = None, None, 0
@@ -302,7 +328,7 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
 
   def evaluate():
     nonlocal best_params, best_val, best_step, evals_without_gain
-    val = None if val_fn is None else float(val_fn(model_params(state.params)))
+    val = None if val_fn is None else float(val_fn(as_model(state.params)))
     history.append({"step": step, "loss": float(np.mean(recent_loss)) if recent_loss else float("nan"),
                     "val": float("nan") if val is None else val})
     nonlocal warned_growth
@@ -352,5 +378,6 @@ def train(params: Any, examples: Sequence[batching.Example], *, cfg: ModelConfig
     best_params, best_step = state.params, step
   logging.info("%s: %d steps, %d tokens, %.1fs, best step %d val %s", desc, step, tokens, time.time() - t0,
                best_step, best_val)
-  return FinetuneResult(params=model_params(best_params), adapters=None if lora is None else best_params,
+  return FinetuneResult(params=as_model(best_params),
+                        adapters=None if lora is None else model_params(state.cfg, best_params, cfg=cfg, mesh=None),
                         best_step=best_step, best_val=best_val, steps=step, tokens=tokens, history=history)

@@ -259,4 +259,5 @@ def policy_params(state: TrainState, *, train_config: TrainConfig, mesh: Mesh) -
   """The current policy's model parameters (LoRA merged), to sample with; valid until the next `update` donates
   the state."""
   lora = train_config.lora()
-  return state.params if lora is None else lora_lib.merge(state.cfg, lora, state.frozen, state.params, mesh)
+  merged = state.params if lora is None else lora_lib.merge(state.cfg, lora, state.frozen, state.params, mesh)
+  return finetune.model_params(state.cfg, merged, cfg=dataclasses.replace(state.cfg, scan_layers=False), mesh=mesh)

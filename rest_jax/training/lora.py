@@ -10,7 +10,8 @@ The parameter trees:
   base      the model's ordinary parameters; with `base_quant` its adapted kernels are qwix `WithAux(QArray)`s
             (`quantize_base`).
   adapters  only `{"layer_i": {"attn"|"mlp": {"q"...: {"kernel_lora_a", "kernel_lora_b"}}}}` (`init_adapters`):
-            what the optimizer holds and the gradient is taken for.
+            what the optimizer holds and the gradient is taken for. Under `ModelConfig.scan_layers` all three trees
+            are stacked (`{"layers": {"block": ...}}`, [L, ...] leaves; a quantised base is not supported).
   merged    ordinary parameters of the adapted model, kernel + scale * A @ B (`merge`): what the sampler,
             evaluation, checkpoints and export use, so that nothing downstream of the M-step knows about LoRA.
 """
@@ -60,7 +61,8 @@ class LoraConfig:
 
 
 def _module_path(c: LoraConfig) -> str:
-  return rf"layer_\d+/(attn|mlp)/({'|'.join(c.modules)})"
+  # "layers/block": the scanned blocks (`ModelConfig.scan_layers`), whose adapters are stacked like their kernels.
+  return rf"(layer_\d+|layers/block)/(attn|mlp)/({'|'.join(c.modules)})"
 
 
 @functools.lru_cache(maxsize=32)

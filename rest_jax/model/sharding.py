@@ -141,6 +141,13 @@ def param_shardings(cfg: Any, mesh: Mesh) -> Any:
   return logical_sharding(nn.get_partition_spec(abstract_params(cfg)), mesh)
 
 
+def stacked_params(params: Any, scanned_cfg: Any, mesh: Mesh) -> Any:
+  """Per-layer parameters in the `scan_layers` layout (`transformer.stack_layers`), placed in `scanned_cfg`'s shards
+  on `mesh`: new arrays, the caller's are left as they are."""
+  return jax.jit(transformer.stack_layers, static_argnums=1, out_shardings=param_shardings(scanned_cfg, mesh))(
+      params, scanned_cfg.num_layers)
+
+
 def train_state_shardings(cfg: Any, mesh: Mesh, tx: Any) -> tuple[Any, Any]:
   """(param, optimizer-state) shardings: optimizer moments are sharded exactly like their parameters."""
   boxed = abstract_params(cfg)

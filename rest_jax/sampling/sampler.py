@@ -29,8 +29,7 @@ from rest_jax import distributed
 from rest_jax import tokenizers
 from rest_jax.model import sharding
 from rest_jax.sampling import continuous, quantization
-from rest_jax.model.transformer import (Cache, ModelConfig, SampleKeys, init_sampling_cache, output_logits,
-                                        stack_layers)
+from rest_jax.model.transformer import Cache, ModelConfig, SampleKeys, init_sampling_cache, output_logits
 from rest_jax.sampling.strategies import Strategy
 from rest_jax.tokenizers import Tokenizer
 
@@ -223,8 +222,6 @@ class Sampler:
       raise ValueError(f"sampler.weight_quant={config.weight_quant!r} needs a model with per-layer parameters; this "
                        "one scans its layers (ModelConfig.scan_layers)")
     self._stack_params = self._sample_cfg.scan_layers and not cfg.scan_layers
-    if self._stack_params:
-      self._stacked_shardings = sharding.param_shardings(self._sample_cfg, mesh)
 
   def _bucket(self, n: int, index: int) -> int:
     for b in sorted(self.config.prompt_buckets):
@@ -276,7 +273,7 @@ class Sampler:
     if self.config.dtype is not None:
       params = _cast_floats(params, self.config.dtype)
     if self._stack_params:
-      params = _stacked(params, self.cfg.num_layers, self._stacked_shardings)
+      params = sharding.stacked_params(params, self._sample_cfg, self.mesh)
 
     if self.config.schedule == "continuous":
       for i, samples in continuous.iter_sampled(
@@ -374,11 +371,6 @@ class Completion(Sampled):
 def _cast_floats(params: Any, dtype: str) -> Any:
   """The floating-point parameters in `dtype`, on device and in their shards (integer leaves unchanged)."""
   return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
-
-
-def _stacked(params: Any, num_layers: int, shardings: Any) -> Any:
-  """Per-layer parameters in the `scan_layers` layout (`stack_layers`), in `shardings`."""
-  return jax.jit(stack_layers, static_argnums=1, out_shardings=shardings)(params, num_layers)
 
 
 def _truncate(text: str, stop_strings: Sequence[str]) -> str:

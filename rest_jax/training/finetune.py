@@ -252,8 +252,7 @@ def init_train_state(params: Any, *, cfg: ModelConfig, config: TrainConfig, mesh
   copy = lambda tree, shardings: jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings)(tree)
   stacks = state_cfg.scan_layers and not cfg.scan_layers
   if stacks:
-    params = jax.jit(transformer.stack_layers, static_argnums=1,
-                     out_shardings=sharding.param_shardings(state_cfg, mesh))(params, cfg.num_layers)
+    params = sharding.stacked_params(params, state_cfg, mesh)
   if lora is None:
     frozen, params = None, params if stacks else copy(params, state_shardings.params)
   else:

@@ -7,10 +7,19 @@ cache copied to its samples, a `lax.while_loop` decode); transformers runs `gene
 the same process. Before timing, greedy decoding of the same prompts checks that the two produce the same tokens.
 Prints a markdown table and one JSON line; the ratio is rest_jax's tokens/s over transformers'.
 
+With `--greedy_batches`, greedy decoding instead, the issue's headline workload: for each batch size, that many chat
+prompts (one completion each) decode `--new_tokens` tokens greedily on both sides, identical tokens checked first,
+in each of `--dtypes` (both sides' weights and compute in that dtype). transformers 5 keeps a GGUF's weights in their
+quantised blocks and multiplies with its GGUF kernels (`--transformers_weights=packed`, its default) or unpacks them
+into a dense model (`dense`: `GgufConfig(dequantize=True)`, the same float32 weights rest_jax holds); both can be run.
+
   python benchmarks/sampling_throughput.py --prompts=8 --samples=4 --new_tokens=64 --repeats=3
+  python benchmarks/sampling_throughput.py --greedy_batches=1,16,64 --new_tokens=128 --dtypes=float32,bfloat16 \
+      --transformers_weights=packed,dense
 """
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -48,7 +57,14 @@ def main() -> None:
   parser.add_argument("--samples", type=int, default=4, help="completions per prompt")
   parser.add_argument("--new_tokens", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=3, help="timed rounds per side; the best is reported")
+  parser.add_argument("--greedy_batches", default="", help="greedy decoding at these batch sizes (comma-separated)")
+  parser.add_argument("--dtypes", default="float32", help="with --greedy_batches: float32 and/or bfloat16")
+  parser.add_argument("--transformers_weights", default="packed",
+                      help="with --greedy_batches: packed (GGUF blocks, transformers' default) and/or dense")
   args = parser.parse_args()
+  if args.greedy_batches:
+    greedy_main(args)
+    return
 
   path, mesh, lm = load_smollm2()
   directory, name = os.path.split(path)
@@ -117,6 +133,82 @@ def main() -> None:
                     "seconds": {k: [round(t, 3) for t in v] for k, v in timings.items()},
                     "tokens_per_s": {k: round(v, 1) for k, v in rate.items()},
                     "ratio": round(ratio, 3)}))
+
+
+def greedy_main(args) -> None:
+  """Greedy decoding at each batch size and dtype, rest_jax against transformers, identical tokens checked first."""
+  batches = [int(b) for b in args.greedy_batches.split(",")]
+  variants = args.transformers_weights.split(",")
+  results = []
+  for dtype in args.dtypes.split(","):
+    path, mesh, lm = load_smollm2(dtype)
+    directory, name = os.path.split(path)
+    references = {}
+    for weights in variants:
+      quant = transformers.GgufConfig(dequantize=weights == "dense")
+      references[weights] = transformers.AutoModelForCausalLM.from_pretrained(
+          directory, gguf_file=name, dtype=getattr(torch, dtype), quantization_config=quant).eval()
+      references[weights].generation_config.eos_token_id = None
+    for batch in batches:
+      prompt_ids = _prompt_ids(lm.tokenizer, batch)
+      bucket = 1 << (max(map(len, prompt_ids)) - 1).bit_length()
+      sampler = Sampler(lm.config, None, mesh, SamplerConfig(batch_rows=batch, prompt_buckets=(bucket,)),
+                        end_ids=(NO_END,), pad_id=lm.pad_id)
+      ids, mask = _left_padded(prompt_ids, lm.pad_id)
+
+      def ours():
+        out = [None] * batch
+        for idx, completions in sampler.iter_sample_ids(lm.params, prompt_ids, num_samples=1, strategy=Greedy(),
+                                                        max_new_tokens=args.new_tokens, seed=0):
+          for i, c in zip(idx, completions):
+            out[i] = c[0]
+        return out
+
+      def theirs(reference):
+        with torch.no_grad():
+          out = reference.generate(ids, attention_mask=mask, max_new_tokens=args.new_tokens,
+                                   min_new_tokens=args.new_tokens, do_sample=False, top_k=None, top_p=None,
+                                   pad_token_id=lm.pad_id)
+        return out[:, ids.shape[1]:].tolist()
+
+      sides = {"rest_jax": ours, **{f"transformers {w}": functools.partial(theirs, r) for w, r in references.items()}}
+      start = time.perf_counter()
+      first = {"rest_jax": ours()}  # Compiles the sampler for this shape.
+      first_call_s = time.perf_counter() - start
+      first.update({side: fn() for side, fn in sides.items() if side != "rest_jax"})
+      record = dict(dtype=dtype, batch=batch, new_tokens=args.new_tokens, first_call_s=round(first_call_s, 2))
+      for side in sides:
+        if side != "rest_jax":
+          # Greedy tokens of two implementations agree until float rounding flips a near-tie; report how far.
+          pairs = list(zip(first["rest_jax"], first[side]))
+          common = [next((t for t, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in pairs]
+          record[f"{side} identical"] = sum(a == b for a, b in pairs)
+          record[f"{side} mean identical prefix"] = round(sum(common) / batch, 1)
+      timings = {side: [] for side in sides}
+      for _ in range(args.repeats):
+        for side, fn in sides.items():
+          start = time.perf_counter()
+          out = fn()
+          timings[side].append(time.perf_counter() - start)
+          assert all(len(c) == args.new_tokens for c in out)
+      rate = {k: batch * args.new_tokens / min(v) for k, v in timings.items()}
+      record.update(seconds={k: [round(t, 3) for t in v] for k, v in timings.items()},
+                    tokens_per_s={k: round(v, 1) for k, v in rate.items()})
+      results.append(record)
+  print(f"SmolLM2-135M-Instruct (GGUF Q4_1 -> dtype), greedy, {args.new_tokens} new tokens (no early end), best of "
+        f"{args.repeats}; torch threads {torch.get_num_threads()}, JAX {jax.devices()[0].platform}\n")
+  print("| dtype | batch | rest_jax tokens/s | " + " | ".join(
+      f"transformers {w} tokens/s | identical (mean identical prefix) | ratio" for w in variants) + " |")
+  print("|---|---:|---:|" + "---:|---:|---:|" * len(variants))
+  for r in results:
+    cells = [f"{r['tokens_per_s']['rest_jax']:.1f}"]
+    for w in variants:
+      side = f"transformers {w}"
+      cells += [f"{r['tokens_per_s'][side]:.1f}", f"{r[side + ' identical']}/{r['batch']} "
+                f"({r[side + ' mean identical prefix']})",
+                f"{r['tokens_per_s']['rest_jax'] / r['tokens_per_s'][side]:.2f}"]
+    print(f"| {r['dtype']} | {r['batch']} | " + " | ".join(cells) + " |")
+  print(json.dumps(results))
 
 
 if __name__ == "__main__":

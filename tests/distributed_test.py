@@ -86,17 +86,23 @@ def _without_wall_time(records: list[dict]) -> list[dict]:
   return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
 
 
+def _multi_and_single(root: pathlib.Path, overrides: tuple[str, ...]) -> tuple[pathlib.Path, pathlib.Path, list]:
+  """Runs `overrides` as 2 processes (workdir root/multi) and as 1 (root/single) at once; (multi, single, logs)."""
+  multi, single = root / "multi", root / "single"
+  logs = [root / f"process_{i}.log" for i in range(_NUM_PROCESSES)]
+  procs = _start_processes(logs, [multi] * _NUM_PROCESSES, *overrides)
+  reference_log = root / "single.log"
+  reference = _start(reference_log, _NUM_PROCESSES * _DEVICES_PER_PROCESS, *overrides, f"--workdir={single}")
+  codes = _wait(procs + [reference], logs + [reference_log])
+  assert codes == [0] * (_NUM_PROCESSES + 1), _tails(logs + [reference_log])
+  return multi, single, logs
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """The 2-process run and the 1-process reference, started together; then a rerun of the finished 2-process run."""
   root = tmp_path_factory.mktemp("distributed")
-  multi, single = root / "multi", root / "single"
-  logs = [root / f"process_{i}.log" for i in range(_NUM_PROCESSES)]
-  procs = _start_processes(logs, [multi] * _NUM_PROCESSES, *_OVERRIDES)
-  reference_log = root / "single.log"
-  reference = _start(reference_log, _NUM_PROCESSES * _DEVICES_PER_PROCESS, *_OVERRIDES, f"--workdir={single}")
-  codes = _wait(procs + [reference], logs + [reference_log])
-  assert codes == [0] * (_NUM_PROCESSES + 1), _tails(logs + [reference_log])
+  multi, single, logs = _multi_and_single(root, _OVERRIDES)
   finished = {name: (multi / name).read_bytes() for name in ("metrics.jsonl", "stages.jsonl", "config.json")}
   rerun_logs = [root / f"rerun_{i}.log" for i in range(_NUM_PROCESSES)]
   rerun_codes = _wait(_start_processes(rerun_logs, [multi] * _NUM_PROCESSES, *_OVERRIDES), rerun_logs)
@@ -169,17 +175,11 @@ def test_rerun_of_the_finished_run_recomputes_and_rewrites_nothing(runs):
 @pytest.fixture(scope="module")
 def continuous_runs(tmp_path_factory):
   """One EM iteration with continuous batching (`sampler.schedule=continuous`): 2 processes and 1, together."""
-  root = tmp_path_factory.mktemp("distributed_continuous")
   overrides = ("--config=configs/default.py:smoke", "--config.rest.num_iterations=1",
                "--config.rest.sft_human_baseline=False", "--config.eval.splits=('test',)",
                "--config.sampler.schedule=continuous")
-  logs = [root / f"process_{i}.log" for i in range(_NUM_PROCESSES)]
-  procs = _start_processes(logs, [root / "multi"] * _NUM_PROCESSES, *overrides)
-  reference = _start(root / "single.log", _NUM_PROCESSES * _DEVICES_PER_PROCESS, *overrides,
-                     f"--workdir={root / 'single'}")
-  codes = _wait(procs + [reference], logs + [root / "single.log"])
-  assert codes == [0] * (_NUM_PROCESSES + 1), _tails(logs + [root / "single.log"])
-  return root / "multi", root / "single"
+  multi, single, _ = _multi_and_single(tmp_path_factory.mktemp("distributed_continuous"), overrides)
+  return multi, single
 
 
 def test_continuous_batching_across_processes_equals_the_single_process_run(continuous_runs):

@@ -51,6 +51,27 @@ def _left_padded(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor
   return ids, mask
 
 
+def _rest_jax_ids(sampler, params, prompt_ids, num_samples, strategy, new_tokens, seed) -> list[list[list[int]]]:
+  """Per prompt, its `num_samples` completions' token ids from rest_jax's `Sampler`, in prompt order."""
+  out = [None] * len(prompt_ids)
+  for idx, completions in sampler.iter_sample_ids(params, prompt_ids, num_samples=num_samples, strategy=strategy,
+                                                  max_new_tokens=new_tokens, seed=seed):
+    for i, c in zip(idx, completions):
+      out[i] = c
+  return out
+
+
+def _transformers_ids(reference, prompt_ids, pad_id, num_samples, do_sample, new_tokens, seed) -> list[list[list[int]]]:
+  """The same from transformers' `generate` (left-padded, exactly `new_tokens` each; T=0.7 top-k 40 when sampling)."""
+  ids, mask = _left_padded(prompt_ids, pad_id)
+  torch.manual_seed(seed)
+  with torch.no_grad():
+    kwargs = dict(temperature=0.7, top_k=40, top_p=1.0) if do_sample else dict(top_k=None, top_p=None)
+    out = reference.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             do_sample=do_sample, num_return_sequences=num_samples, pad_token_id=pad_id, **kwargs)
+  return out[:, ids.shape[1]:].reshape(len(prompt_ids), num_samples, -1).tolist()
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--prompts", type=int, default=8)
@@ -77,22 +98,10 @@ def main() -> None:
   def ours(strategy, num_samples, end_ids, seed=0):
     sampler = Sampler(lm.config, None, mesh, SamplerConfig(batch_rows=args.prompts * num_samples,
                                                            prompt_buckets=(bucket,)), end_ids=end_ids, pad_id=lm.pad_id)
-    out = [None] * len(prompt_ids)
-    for idx, completions in sampler.iter_sample_ids(lm.params, prompt_ids, num_samples=num_samples, strategy=strategy,
-                                                    max_new_tokens=args.new_tokens, seed=seed):
-      for i, c in zip(idx, completions):
-        out[i] = c
-    return out
+    return _rest_jax_ids(sampler, lm.params, prompt_ids, num_samples, strategy, args.new_tokens, seed)
 
   def theirs(do_sample, num_samples, seed=0):
-    ids, mask = _left_padded(prompt_ids, lm.pad_id)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-      kwargs = dict(temperature=0.7, top_k=40, top_p=1.0) if do_sample else dict(top_k=None, top_p=None)
-      out = reference.generate(ids, attention_mask=mask, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                               do_sample=do_sample, num_return_sequences=num_samples, pad_token_id=lm.pad_id,
-                               **kwargs)
-    return out[:, ids.shape[1]:].reshape(len(prompt_ids), num_samples, -1).tolist()
+    return _transformers_ids(reference, prompt_ids, lm.pad_id, num_samples, do_sample, args.new_tokens, seed)
 
   # Same model, same prompts: greedy decoding agrees token for token (up to the first end of sequence).
   greedy_ours = ours(Greedy(), 1, lm.eos_ids)
@@ -154,22 +163,12 @@ def greedy_main(args) -> None:
       bucket = 1 << (max(map(len, prompt_ids)) - 1).bit_length()
       sampler = Sampler(lm.config, None, mesh, SamplerConfig(batch_rows=batch, prompt_buckets=(bucket,)),
                         end_ids=(NO_END,), pad_id=lm.pad_id)
-      ids, mask = _left_padded(prompt_ids, lm.pad_id)
 
       def ours():
-        out = [None] * batch
-        for idx, completions in sampler.iter_sample_ids(lm.params, prompt_ids, num_samples=1, strategy=Greedy(),
-                                                        max_new_tokens=args.new_tokens, seed=0):
-          for i, c in zip(idx, completions):
-            out[i] = c[0]
-        return out
+        return [c[0] for c in _rest_jax_ids(sampler, lm.params, prompt_ids, 1, Greedy(), args.new_tokens, 0)]
 
       def theirs(reference):
-        with torch.no_grad():
-          out = reference.generate(ids, attention_mask=mask, max_new_tokens=args.new_tokens,
-                                   min_new_tokens=args.new_tokens, do_sample=False, top_k=None, top_p=None,
-                                   pad_token_id=lm.pad_id)
-        return out[:, ids.shape[1]:].tolist()
+        return [c[0] for c in _transformers_ids(reference, prompt_ids, lm.pad_id, 1, False, args.new_tokens, 0)]
 
       sides = {"rest_jax": ours, **{f"transformers {w}": functools.partial(theirs, r) for w, r in references.items()}}
       start = time.perf_counter()
